@@ -1,0 +1,43 @@
+"""ldbench: benchmark log-determinant methods on large dense matrices.
+
+The public API for plugin authors is what this module exports; modules whose
+names start with an underscore are private.
+"""
+
+from __future__ import annotations
+
+from ._api import (
+    BlockWriter,
+    Estimate,
+    FormationRecord,
+    MatrixHandle,
+    MatrixInfo,
+    MatrixSource,
+    Param,
+    ParameterError,
+    SolveContext,
+    Solver,
+    SolverError,
+    Structure,
+)
+from ._hooks import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockWriter",
+    "Estimate",
+    "FormationRecord",
+    "MatrixHandle",
+    "MatrixInfo",
+    "MatrixSource",
+    "Param",
+    "ParameterError",
+    "SolveContext",
+    "Solver",
+    "SolverError",
+    "Structure",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+]
