@@ -253,6 +253,15 @@ class MatrixSource:
         """Analytic FLOP count of forming the leading block of ``order``."""
         return 0.0
 
+    def fingerprint(self) -> str:
+        """Return a token that changes when the source's input data change.
+
+        It joins the name, version and parameters in the store key, so a
+        source that reads a user's file can return the file's size and
+        modification time, and a stale stored matrix is not served.
+        """
+        return ""
+
     def check_available(self) -> None:
         """Raise FileNotFoundError or ParameterError before any work when the
         inputs the source needs (data files, for example) are missing."""
