@@ -1,0 +1,103 @@
+"""Python entry point: run a suite and get the results as a DataFrame."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ._machine import machine_metadata
+from ._plugins import Registry
+from ._report import results_frame, write_outputs
+from ._runner import Runner, RunOptions
+from ._store import MatrixStore
+from ._suite import Suite, load_suite
+
+logger = logging.getLogger(__name__)
+
+
+def new_run_dir(suite: Suite, root: Path | str = "runs") -> Path:
+    """Return a fresh run folder ``ROOT/<suite>-<YYYYmmdd-HHMMSS>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / f"{suite.name}-{stamp}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path(root) / f"{suite.name}-{stamp}-{suffix}"
+    return path
+
+
+def suite_store(suite: Suite, store: Path | str | None) -> MatrixStore:
+    """Return the store named on the command line, in the suite, or the default."""
+    if store is not None:
+        return MatrixStore(store)
+    if "store" in suite.settings:
+        return MatrixStore((suite.path.parent / suite.settings["store"]).expanduser())
+    return MatrixStore()
+
+
+def execute_suite(
+    suite: Suite,
+    registry: Registry,
+    run_dir: Path,
+    store: MatrixStore,
+    options: RunOptions,
+) -> list[dict[str, Any]]:
+    """Write the run folder's metadata, run the pending cases and the tables."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "suite.toml").exists():
+        shutil.copyfile(suite.path, run_dir / "suite.toml")
+    resolved = {
+        "name": suite.name,
+        "settings": suite.settings,
+        "pricing": suite.pricing,
+        "matrices": [asdict(m) for m in suite.matrices],
+        "solvers": [asdict(s) for s in suite.solvers],
+        "reference": asdict(suite.reference) if suite.reference else None,
+        "store": str(store.root),
+        "cases": [c.to_dict() for c in suite.cases()],
+    }
+    (run_dir / "suite.json").write_text(json.dumps(resolved, indent=2, default=str))
+    plugins = [asdict(p) for p in registry.plugins.values()]
+    meta = machine_metadata(suite.path.parent, plugins)
+    (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    records = Runner(suite, registry, run_dir, store, options).run()
+    write_outputs(run_dir, records, suite.pricing)
+    return records
+
+
+def run(
+    suite: Path | str,
+    overrides: list[str] | None = None,
+    run_dir: Path | str | None = None,
+    store: Path | str | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Run a suite file and return one row per case as a DataFrame.
+
+    Parameters
+    ----------
+    suite
+        Path of the TOML suite.
+    overrides
+        ``KEY=VALUE`` overrides, as ``ldbench run --set``.
+    run_dir
+        Output folder; a new one under ``./runs`` by default.
+    store
+        Matrix store folder; the suite's or ``$LDBENCH_STORE`` by default.
+    **options
+        Fields of :class:`ldbench._runner.RunOptions` (timeout in seconds,
+        memory_limit in bytes, resume, check).
+    """
+    registry = Registry()
+    loaded = load_suite(suite, registry, overrides)
+    folder = Path(run_dir) if run_dir is not None else new_run_dir(loaded)
+    records = execute_suite(loaded, registry, folder, suite_store(loaded, store),
+                            RunOptions(**options))
+    return results_frame(records)

@@ -1,0 +1,253 @@
+"""HDF5 matrix store: one file per formed matrix, keyed by its provenance.
+
+A matrix is formed into ``<key>-m<order>.h5.partial`` and renamed to
+``<key>-m<order>.h5`` only after the last block and its attributes are
+written, so an interrupted formation is never served as a complete matrix.
+A stored matrix of order M also serves every leading block of order k < M.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ._api import FormationRecord, MatrixSource
+
+logger = logging.getLogger(__name__)
+
+STORE_ENV = "LDBENCH_STORE"
+CHUNK = 512  # rows and columns of an HDF5 chunk: 2 MiB of float64
+_NAME = re.compile(r"^(?P<key>[0-9a-f]{16})-m(?P<order>\d+)\.h5$")
+
+
+def default_store() -> Path:
+    """Return the store folder: ``$LDBENCH_STORE`` or ``~/.cache/ldbench/store``."""
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "ldbench" / "store"
+
+
+def source_key(source: MatrixSource) -> str:
+    """Return the 16-hex-digit key of a source configuration.
+
+    The key hashes the source name, version, resolved parameters and
+    fingerprint, so it does not depend on the order parameters were written in.
+    """
+    payload = json.dumps(
+        {
+            "source": source.name,
+            "version": source.version,
+            "params": source.params,
+            "fingerprint": source.fingerprint(),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StoredMatrix:
+    """A formed matrix in the store and the cost of the part a case reads.
+
+    Attributes
+    ----------
+    path
+        HDF5 file with the dataset ``"matrix"``.
+    stored_order
+        Order of the stored dataset (at least ``order``).
+    order
+        Order of the leading block the case reads.
+    formation
+        Formation cost attributed to the leading block.
+    formation_basis
+        ``"measured"`` when the block was formed on its own, ``"pro-rated"``
+        when its cost is the full record scaled by its share of the FLOPs.
+    """
+
+    path: Path
+    stored_order: int
+    order: int
+    formation: FormationRecord
+    formation_basis: str
+
+
+class _H5BlockWriter:
+    """BlockWriter over an h5py dataset, with per-phase accounting."""
+
+    def __init__(self, dataset: h5py.Dataset, order: int) -> None:
+        self.dataset = dataset
+        self.order = order
+        self.phases: dict[str, dict[str, float]] = {}
+        self.write_seconds = 0.0
+        self.bytes_written = 0
+
+    def write(self, row: int, col: int, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float64)
+        rows, cols = block.shape
+        if row < 0 or col < 0 or row + rows > self.order or col + cols > self.order:
+            raise IndexError(
+                f"block of shape {block.shape} at ({row}, {col}) does not fit in a "
+                f"matrix of order {self.order}"
+            )
+        start = time.perf_counter()
+        self.dataset[row : row + rows, col : col + cols] = block
+        self.write_seconds += time.perf_counter() - start
+        self.bytes_written += block.nbytes
+
+    def add_phase(self, name: str, seconds: float, flops: float = 0.0) -> None:
+        phase = self.phases.setdefault(name, {"seconds": 0.0, "flops": 0.0})
+        phase["seconds"] += float(seconds)
+        phase["flops"] += float(flops)
+
+
+class MatrixStore:
+    """Folder of formed matrices.
+
+    Parameters
+    ----------
+    root
+        Folder of the store; created when missing.
+    """
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_store()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _files(self, key: str) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.root.glob(f"{key}-m*.h5"):
+            match = _NAME.match(path.name)
+            if match:
+                found.append((int(match["order"]), path))
+        return sorted(found)
+
+    def lookup(self, source: MatrixSource, order: int) -> Path | None:
+        """Return the smallest stored file that contains the leading ``order``."""
+        for stored_order, path in self._files(source_key(source)):
+            if stored_order >= order:
+                return path
+        return None
+
+    def ensure(self, source: MatrixSource, order: int | None = None) -> StoredMatrix:
+        """Return the stored leading block of ``order``, forming it when missing."""
+        full = source.describe().order
+        order = full if order is None else int(order)
+        if not 1 <= order <= full:
+            raise ValueError(f"order {order} is outside 1..{full} for {source.name!r}")
+        path = self.lookup(source, order)
+        if path is None:
+            path = self._form(source, order)
+        return self.open(source, path, order)
+
+    def open(self, source: MatrixSource, path: Path, order: int) -> StoredMatrix:
+        """Describe a stored file and the formation cost of its leading ``order``."""
+        with h5py.File(path, "r") as f:
+            stored_order = int(f["matrix"].shape[0])
+            attrs = dict(f["matrix"].attrs)
+        record = FormationRecord(
+            seconds=float(attrs["formation_seconds"]),
+            flops=float(attrs["formation_flops"]),
+            device=str(attrs["formation_device"]),
+            phases=json.loads(attrs.get("formation_phases", "{}")),
+        )
+        if stored_order == order:
+            return StoredMatrix(path, stored_order, order, record, "measured")
+        share = _work_share(source, order, stored_order)
+        prorated = FormationRecord(
+            seconds=record.seconds * share,
+            flops=record.flops * share,
+            device=record.device,
+            phases={},
+        )
+        return StoredMatrix(path, stored_order, order, prorated, "pro-rated")
+
+    def _form(self, source: MatrixSource, order: int) -> Path:
+        key = source_key(source)
+        final = self.root / f"{key}-m{order}.h5"
+        partial = final.with_name(final.name + ".partial")
+        partial.unlink(missing_ok=True)
+        chunk = min(order, CHUNK)
+        info = source.describe(order)
+        logger.info("forming %s (order %d) into %s", source.name, order, final)
+        try:
+            with h5py.File(partial, "w") as f:
+                dataset = f.create_dataset(
+                    "matrix", shape=(order, order), dtype="f8", chunks=(chunk, chunk)
+                )
+                writer = _H5BlockWriter(dataset, order)
+                start = time.perf_counter()
+                source.form(order, writer)
+                seconds = time.perf_counter() - start
+                writer.add_phase("io", writer.write_seconds, 0.0)
+                attrs = dataset.attrs
+                attrs["source"] = source.name
+                attrs["source_version"] = source.version
+                attrs["params"] = json.dumps(source.params, sort_keys=True, default=str)
+                attrs["fingerprint"] = source.fingerprint()
+                attrs["structure"] = info.structure.value
+                attrs["block_size"] = info.block_size
+                attrs["formation_seconds"] = seconds
+                attrs["formation_flops"] = float(source.formation_flops(order))
+                attrs["formation_device"] = source.device
+                attrs["formation_phases"] = json.dumps(writer.phases)
+                attrs["formed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                attrs["complete"] = True
+            os.replace(partial, final)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        logger.info("formed %s in %.2f s", final.name, seconds)
+        return final
+
+    def reference(self, source: MatrixSource) -> dict[str, Any] | None:
+        """Return the cached reference log-det of the full matrix, or None."""
+        path = self._reference_path(source)
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def set_reference(
+        self, source: MatrixSource, logabsdet: float, sign: float, method: str
+    ) -> None:
+        """Cache the reference log-det of the full matrix and how it was computed.
+
+        The value goes into a JSON file beside the matrix and into the HDF5
+        attributes of the stored full matrix when there is one.
+        """
+        record = {"logabsdet": float(logabsdet), "sign": float(sign), "method": method}
+        path = self._reference_path(source)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+        full = source.describe().order
+        stored = self.lookup(source, full)
+        if stored is not None:
+            with h5py.File(stored, "r+") as f:
+                f["matrix"].attrs["reference_logdet"] = float(logabsdet)
+                f["matrix"].attrs["reference_sign"] = float(sign)
+                f["matrix"].attrs["reference_method"] = method
+
+    def _reference_path(self, source: MatrixSource) -> Path:
+        return self.root / f"{source_key(source)}.reference.json"
+
+
+def _work_share(source: MatrixSource, order: int, stored_order: int) -> float:
+    """Share of the formation work of ``stored_order`` spent on its leading
+    ``order`` block: the ratio of analytic FLOPs, or of entries when a source
+    gives no FLOP count."""
+    full_flops = source.formation_flops(stored_order)
+    if full_flops > 0:
+        return float(source.formation_flops(order)) / float(full_flops)
+    return (order / stored_order) ** 2

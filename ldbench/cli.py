@@ -1,0 +1,210 @@
+"""Command-line interface: ``ldbench run|plugins|info|report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from ._plugins import Registry
+
+    disabled = {p[3:] for p in (args.plugin or []) if p.startswith("no:")}
+    return Registry(disabled=disabled, autoload=not args.no_autoload, strict=args.strict)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    registry = _registry(args)
+    rows = []
+    for p in registry.plugins.values():
+        provides = ", ".join([*(f"source:{s}" for s in p.sources),
+                              *(f"solver:{s}" for s in p.solvers)])
+        rows.append([p.name, p.distribution, p.version, p.status, provides or p.error])
+    print(tabulate(rows, headers=["plugin", "distribution", "version", "status",
+                                  "provides / error"], tablefmt="github"))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    registry = _registry(args)
+    table = registry.solvers if args.name in registry.solvers else registry.sources
+    try:
+        cls = (registry.solver_class(args.name) if table is registry.solvers
+               else registry.source_class(args.name))
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    reg = table[args.name]
+    kind = "solver" if table is registry.solvers else "source"
+    print(f"{kind} {args.name!r} from plugin {reg.plugin!r} ({reg.distribution} {reg.version})")
+    doc = (cls.__doc__ or "").strip().splitlines()
+    if doc:
+        print(f"  {doc[0]}")
+    if kind == "solver":
+        print(f"  structures: {', '.join(sorted(s.value for s in cls.structures))}")
+        print(f"  device: {cls.device}; stochastic: {cls.stochastic}")
+    for name in cls.requires:
+        found = importlib.util.find_spec(name) is not None
+        print(f"  requires {name}: {'installed' if found else 'NOT installed'}")
+    print("  parameters:")
+    for name, p in cls.parameters.items():
+        extra = f" one of {list(p.choices)}" if p.choices else ""
+        req = " (required)" if p.required else f" = {p.default!r}"
+        print(f"    {name}: {p.kind.__name__}{req}{extra}  {p.help}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from ._api_run import execute_suite, new_run_dir, suite_store
+    from ._report import render
+    from ._runner import FAILED, RunOptions, read_records
+    from ._store import source_key
+    from ._suite import SuiteError, instantiate_source, load_suite, parse_bytes, parse_duration
+
+    registry = _registry(args)
+    suite_path = Path(args.suite) if args.suite else None
+    run_dir = Path(args.resume) if args.resume else None
+    if run_dir is not None and suite_path is None:
+        suite_path = run_dir / "suite.toml"
+    if suite_path is None:
+        print("error: give a suite file, or --resume RUN_DIR", file=sys.stderr)
+        return 2
+    try:
+        suite = load_suite(suite_path, registry, args.set)
+        timeout = parse_duration(args.timeout) if args.timeout else None
+        memory = parse_bytes(args.memory_limit) if args.memory_limit else None
+    except (SuiteError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = suite_store(suite, args.store)
+    # Data files are checked before any work, so a missing data set stops here.
+    for matrix in suite.matrices:
+        try:
+            instantiate_source(registry, matrix).check_available()
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: matrix {matrix.id!r}: {exc}", file=sys.stderr)
+            return 2
+    cases = suite.cases()
+    if args.dry_run:
+        rows = []
+        for case in cases:
+            source = instantiate_source(registry, case.matrix)
+            cached = store.lookup(source, source.describe().order) is not None
+            rows.append([case.id, case.matrix.id, case.solver.name,
+                         json.dumps(case.solver.params, sort_keys=True), case.repetition,
+                         "yes" if cached else "no", source_key(source)])
+        print(tabulate(rows, headers=["case", "matrix", "solver", "parameters", "rep",
+                                      "matrix stored", "store key"], tablefmt="github"))
+        print(f"{len(cases)} cases; store {store.root}")
+        return 0
+    if run_dir is None:
+        run_dir = Path(args.out) if args.out else new_run_dir(suite)
+    options = RunOptions(timeout=timeout, memory_limit=memory, resume=args.resume is not None,
+                         check=not args.no_check,
+                         registry={"disabled": sorted({p[3:] for p in (args.plugin or [])
+                                                       if p.startswith("no:")})},
+                         log_level="INFO" if args.verbose else "WARNING")
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    records = execute_suite(suite, registry, run_dir, store, options)
+    print(render(records, "github"))
+    print(f"\nresults: {run_dir}/results.jsonl, results.csv, results.md")
+    failed = [r for r in records if r.get("status") in FAILED]
+    if failed:
+        print(f"\n{len(failed)} of {len(records)} cases failed:", file=sys.stderr)
+        for r in failed:
+            first = str(r.get("error", "")).splitlines()[0] if r.get("error") else ""
+            print(f"  {r['case_id']} {r['matrix_id']} {r['method']} {r.get('settings', '')}: "
+                  f"{r['status']}: {first}", file=sys.stderr)
+        if not args.allow_failures:
+            return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ._report import render
+    from ._runner import read_records
+
+    records = read_records(Path(args.run))
+    if not records:
+        print(f"error: no results in {args.run!r} (expected {args.run}/results.jsonl)",
+              file=sys.stderr)
+        return 2
+    print(render(records, args.format))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``ldbench`` command."""
+    parser = argparse.ArgumentParser(
+        prog="ldbench",
+        description="Benchmark log-determinant methods on large dense matrices.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    parser.add_argument("-p", dest="plugin", action="append", metavar="no:NAME",
+                        help="disable the plugin NAME (repeatable)")
+    parser.add_argument("--no-autoload", action="store_true",
+                        help="do not load plugins from the 'ldbench' entry-point group")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop with an error when a plugin fails to load")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a TOML suite")
+    p.add_argument("suite", nargs="?", help="suite file, e.g. suites/quickstart.toml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value: suite.timeout=600, matrix.n=100, "
+                        "matrix.ID.n=100, solver.flodance.n_s=50")
+    p.add_argument("--out", help="run folder (default: runs/<suite>-<time>)")
+    p.add_argument("--store", help="matrix store folder (default: $LDBENCH_STORE or "
+                                   "~/.cache/ldbench/store)")
+    p.add_argument("--timeout", help="per-case time limit, e.g. 90s, 10m, 3h")
+    p.add_argument("--memory-limit", help="per-case resident memory cap, e.g. 4GB")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run folder, running only unfinished cases")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the expanded cases and which matrices are stored")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 even when cases fail")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the finiteness and symmetry checks before each solve")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plugins", help="list plugins and their status")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("info", help="show a solver's or source's parameters")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("report", help="print the table of a finished run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", default="github", choices=["github", "plain", "latex"])
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``ldbench`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; finished cases are in the run folder's results.jsonl. "
+              "Continue with: ldbench run --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Suite parsing, validation errors, overrides and case ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ldbench._plugins import Registry
+from ldbench._suite import SuiteError, load_suite, parse_bytes, parse_duration
+
+BASE = """
+[suite]
+name = "t"
+timeout = "90s"
+
+[[matrix]]
+id = "kms"
+source = "synthetic"
+kind = "kms"
+n = 50
+rho = 0.5
+
+[[solver]]
+name = "dense"
+method = ["cholesky", "lu"]
+"""
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "suite.toml"
+    path.write_text(text)
+    return path
+
+
+def test_grid_expands_to_cases(tmp_path, registry):
+    suite = load_suite(write(tmp_path, BASE), registry)
+    cases = suite.cases()
+    assert [c.solver.params["method"] for c in cases] == ["cholesky", "lu"]
+    assert suite.timeout == 90.0
+    assert len({c.id for c in cases}) == 2
+
+
+def test_case_id_ignores_key_order(tmp_path, registry):
+    reordered = BASE.replace('kind = "kms"\nn = 50\nrho = 0.5', 'rho = 0.5\nn = 50\nkind = "kms"')
+    assert reordered != BASE
+    first = [c.id for c in load_suite(write(tmp_path, BASE), registry).cases()]
+    second = [c.id for c in load_suite(write(tmp_path, reordered), registry).cases()]
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('name = "dense"', 'name = "dens"', ["[[solver]] #1", "'dens'", "did you mean 'dense'"]),
+        ('source = "synthetic"', 'source = "synthetc"', ["[[matrix]] 'kms'", "did you mean 'synthetic'"]),
+        ("rho = 0.5", "rhoo = 0.5", ["[[matrix]] 'kms'", "'rhoo'", "did you mean 'rho'"]),
+        ("n = 50", 'n = "fifty"', ["[[matrix]] 'kms'", "'n'", "int"]),
+        ('timeout = "90s"', 'timout = "90s"', ["[suite]", "'timout'", "did you mean 'timeout'"]),
+        ('timeout = "90s"', 'timeout = "ninety"', ["[suite]", "'timeout'", "90s"]),
+        ("[suite]", "[suit]", ["[suit]", "did you mean 'suite'"]),
+    ],
+)
+def test_validation_names_file_table_key(tmp_path, registry, old, new, expected):
+    text = BASE.replace(old, new, 1)
+    assert text != BASE
+    path = write(tmp_path, text)
+    with pytest.raises(SuiteError) as info:
+        load_suite(path, registry)
+    message = str(info.value)
+    assert str(path) in message
+    for part in expected:
+        assert part in message
+
+
+def test_override_matrix_and_solver(tmp_path, registry):
+    suite = load_suite(write(tmp_path, BASE), registry,
+                       ["matrix.n=20", "solver.dense.method=ldl", "suite.repetitions=2"])
+    cases = suite.cases()
+    assert {c.matrix.params["n"] for c in cases} == {20}
+    assert {c.solver.params["method"] for c in cases} == {"ldl"}
+    assert [c.repetition for c in cases] == [0, 1]
+
+
+def test_override_unknown_matrix_id(tmp_path, registry):
+    with pytest.raises(SuiteError, match="did you mean 'kms'"):
+        load_suite(write(tmp_path, BASE), registry, ["matrix.kmz.n=20"])
+
+
+def test_missing_suite_file(tmp_path, registry):
+    with pytest.raises(SuiteError, match="not found"):
+        load_suite(tmp_path / "nope.toml", registry)
+
+
+def test_parse_duration_and_bytes():
+    assert parse_duration("90s") == 90.0
+    assert parse_duration("10m") == 600.0
+    assert parse_duration("3h") == 10800.0
+    assert parse_duration(5) == 5.0
+    assert parse_bytes("512MB") == 512 * 10**6
+    assert parse_bytes("4GiB") == 4 * 2**30
+    with pytest.raises(ValueError, match="'3 parsecs'"):
+        parse_duration("3 parsecs")
