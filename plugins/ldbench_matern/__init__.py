@@ -1,0 +1,30 @@
+"""Matern covariance matrices on seeded random points.
+
+The ``matern`` source forms the Matern kernel matrix of n uniform random
+points in the unit cube, optionally with several outputs coupled by a
+coregionalization matrix. See :class:`MaternSource` for the parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ldbench import hookimpl
+
+from ._kernel import matern_correlation
+from ._model import coregionalization_matrix, sample_points
+from ._source import MaternSource
+
+__all__ = [
+    "MaternSource",
+    "coregionalization_matrix",
+    "ldbench_register_sources",
+    "matern_correlation",
+    "sample_points",
+]
+
+
+@hookimpl
+def ldbench_register_sources(register: Callable[[type], None]) -> None:
+    """Register :class:`MaternSource` under the name ``"matern"``."""
+    register(MaternSource)
