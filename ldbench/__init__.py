@@ -24,6 +24,17 @@ from ._hooks import hookimpl, hookspec
 
 __version__ = "0.1.0"
 
+
+
+def __getattr__(name: str):
+    # The runner pulls in pandas; load it only when ``ldbench.run`` is used.
+    if name == "run":
+        from ._api_run import run
+
+        return run
+    raise AttributeError(f"module 'ldbench' has no attribute {name!r}")
+
+
 __all__ = [
     "BlockWriter",
     "Estimate",
@@ -40,4 +51,5 @@ __all__ = [
     "__version__",
     "hookimpl",
     "hookspec",
+    "run",
 ]

@@ -27,9 +27,11 @@ def results_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def format_seconds(seconds: float | None) -> str:
-    """Format a duration in seconds as ``0.42 s``, ``3.1 min``, ``2.5 h`` or days."""
+    """Format a duration in seconds as ``12.5 ms``, ``0.42 s``, ``3.1 min``, ``2.5 h`` or days."""
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
         return ""
+    if seconds < 0.1:
+        return f"{seconds * 1000:.1f} ms"
     if seconds < 60:
         return f"{seconds:.2f} s"
     if seconds < 3600:

@@ -62,6 +62,20 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a kill left without its newline, so the next
+    append starts on a line of its own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        logger.warning("%s: dropping an incomplete last record (%d bytes)", path,
+                       len(data) - keep)
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+
+
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """Read every complete record of a run; a torn last line is ignored."""
     path = Path(run_dir) / RESULTS
@@ -113,6 +127,7 @@ class Runner:
         self.results_path = self.run_dir / RESULTS
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
+        drop_torn_tail(self.results_path)
         if not self.registry.pm.has_plugin(_HOST_PLUGIN):
             self.registry.pm.register(_HostPlugin(), name=_HOST_PLUGIN)
         self._formation_errors: dict[tuple[str, int], dict[str, Any]] = {}
