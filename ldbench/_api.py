@@ -217,6 +217,17 @@ class BlockWriter(Protocol):
     def add_phase(self, name: str, seconds: float, flops: float = 0.0) -> None:
         """Add time (s) and FLOPs to a named formation phase."""
 
+    def is_done(self, tag: str) -> bool:
+        """Return True when a step with this tag finished in an earlier,
+        interrupted formation of the same matrix, so its blocks are stored."""
+
+    def mark_done(self, tag: str) -> None:
+        """Record durably that the blocks of step ``tag`` are written.
+
+        A source that calls this after each step (a block pair of an NTK, for
+        example) lets a killed formation resume without redoing those steps.
+        """
+
 
 class MatrixSource:
     """Base class of every matrix source plugin.

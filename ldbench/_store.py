@@ -86,12 +86,31 @@ class StoredMatrix:
 class _H5BlockWriter:
     """BlockWriter over an h5py dataset, with per-phase accounting."""
 
-    def __init__(self, dataset: h5py.Dataset, order: int) -> None:
+    def __init__(self, dataset: h5py.Dataset, order: int, log: Path) -> None:
         self.dataset = dataset
         self.order = order
         self.phases: dict[str, dict[str, float]] = {}
         self.write_seconds = 0.0
         self.bytes_written = 0
+        self.log = log
+        self.done: set[str] = set()
+        self.prior_seconds = 0.0
+        self.started = time.perf_counter()
+        if log.exists():
+            lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+            # A line without its newline was cut by a kill: its step is not done.
+            # NOTE: time an interrupted attempt spent after its last finished
+            # step is not counted in the formation time.
+            for line in lines:
+                if line.endswith("\n"):
+                    tag, _, elapsed = line.rstrip("\n").rpartition("\t")
+                    self.done.add(tag)
+                    self.prior_seconds = max(self.prior_seconds, float(elapsed))
+
+    def elapsed(self) -> float:
+        """Formation wall time in seconds, including interrupted attempts up
+        to their last finished step."""
+        return self.prior_seconds + time.perf_counter() - self.started
 
     def write(self, row: int, col: int, block: np.ndarray) -> None:
         block = np.asarray(block, dtype=np.float64)
@@ -110,6 +129,21 @@ class _H5BlockWriter:
         phase = self.phases.setdefault(name, {"seconds": 0.0, "flops": 0.0})
         phase["seconds"] += float(seconds)
         phase["flops"] += float(flops)
+
+    def is_done(self, tag: str) -> bool:
+        return tag in self.done
+
+    def mark_done(self, tag: str) -> None:
+        if "\n" in tag:
+            raise ValueError(f"checkpoint tag {tag!r} must not contain a newline")
+        # The data reach the file before the tag reaches the log, so a logged
+        # step is always stored.
+        self.dataset.file.flush()
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(f"{tag}\t{self.elapsed():.6f}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.add(tag)
 
 
 class MatrixStore:
@@ -177,37 +211,34 @@ class MatrixStore:
         key = source_key(source)
         final = self.root / f"{key}-m{order}.h5"
         partial = final.with_name(final.name + ".partial")
-        partial.unlink(missing_ok=True)
-        chunk = min(order, CHUNK)
+        log = final.with_name(final.name + ".done")
         info = source.describe(order)
-        logger.info("forming %s (order %d) into %s", source.name, order, final)
-        try:
-            with h5py.File(partial, "w") as f:
-                dataset = f.create_dataset(
-                    "matrix", shape=(order, order), dtype="f8", chunks=(chunk, chunk)
-                )
-                writer = _H5BlockWriter(dataset, order)
-                start = time.perf_counter()
-                source.form(order, writer)
-                seconds = time.perf_counter() - start
-                writer.add_phase("io", writer.write_seconds, 0.0)
-                attrs = dataset.attrs
-                attrs["source"] = source.name
-                attrs["source_version"] = source.version
-                attrs["params"] = json.dumps(source.params, sort_keys=True, default=str)
-                attrs["fingerprint"] = source.fingerprint()
-                attrs["structure"] = info.structure.value
-                attrs["block_size"] = info.block_size
-                attrs["formation_seconds"] = seconds
-                attrs["formation_flops"] = float(source.formation_flops(order))
-                attrs["formation_device"] = source.device
-                attrs["formation_phases"] = json.dumps(writer.phases)
-                attrs["formed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-                attrs["complete"] = True
-            os.replace(partial, final)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        dataset_file = _open_partial(partial, log, order)
+        resumed = log.exists()
+        logger.info("%s %s (order %d) into %s", "resuming" if resumed else "forming",
+                    source.name, order, final)
+        with dataset_file as f:
+            dataset = f["matrix"]
+            writer = _H5BlockWriter(dataset, order, log)
+            source.form(order, writer)
+            seconds = writer.elapsed()
+            writer.add_phase("io", writer.write_seconds, 0.0)
+            attrs = dataset.attrs
+            attrs["source"] = source.name
+            attrs["source_version"] = source.version
+            attrs["params"] = json.dumps(source.params, sort_keys=True, default=str)
+            attrs["fingerprint"] = source.fingerprint()
+            attrs["structure"] = info.structure.value
+            attrs["block_size"] = info.block_size
+            attrs["formation_seconds"] = seconds
+            attrs["formation_flops"] = float(source.formation_flops(order))
+            attrs["formation_device"] = source.device
+            attrs["formation_phases"] = json.dumps(writer.phases)
+            attrs["formation_resumed"] = resumed
+            attrs["formed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            attrs["complete"] = True
+        os.replace(partial, final)
+        log.unlink(missing_ok=True)
         logger.info("formed %s in %.2f s", final.name, seconds)
         return final
 
@@ -241,6 +272,35 @@ class MatrixStore:
 
     def _reference_path(self, source: MatrixSource) -> Path:
         return self.root / f"{source_key(source)}.reference.json"
+
+
+def _open_partial(partial: Path, log: Path, order: int) -> h5py.File:
+    """Open the partial file of an interrupted formation, or create a new one.
+
+    The dataset's chunks are allocated when it is created, so writing a block
+    changes no HDF5 metadata and a kill between writes leaves the file
+    readable. A file that cannot be opened is formed again from scratch.
+    """
+    if partial.exists() and log.exists():
+        try:
+            f = h5py.File(partial, "r+")
+            if f["matrix"].shape == (order, order):
+                return f
+            f.close()
+        except (OSError, KeyError) as exc:
+            logger.warning("cannot resume %s (%s); forming it again", partial, exc)
+    partial.unlink(missing_ok=True)
+    log.unlink(missing_ok=True)
+    f = h5py.File(partial, "w")
+    chunk = min(order, CHUNK)
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_chunk((chunk, chunk))
+    plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    plist.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    space = h5py.h5s.create_simple((order, order))
+    h5py.h5d.create(f.id, b"matrix", h5py.h5t.IEEE_F64LE, space, dcpl=plist)
+    f.flush()
+    return f
 
 
 def _work_share(source: MatrixSource, order: int, stored_order: int) -> float:

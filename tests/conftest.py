@@ -18,6 +18,7 @@ class ArrayWriter:
         self.order = order
         self.array = np.full((order, order), np.nan)
         self.phases: dict[str, dict[str, float]] = {}
+        self.done: set[str] = set()
 
     def write(self, row: int, col: int, block: np.ndarray) -> None:
         rows, cols = block.shape
@@ -28,6 +29,12 @@ class ArrayWriter:
         phase = self.phases.setdefault(name, {"seconds": 0.0, "flops": 0.0})
         phase["seconds"] += seconds
         phase["flops"] += flops
+
+    def is_done(self, tag: str) -> bool:
+        return tag in self.done
+
+    def mark_done(self, tag: str) -> None:
+        self.done.add(tag)
 
 
 def form_dense(source: MatrixSource, order: int | None = None) -> np.ndarray:

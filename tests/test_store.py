@@ -57,7 +57,50 @@ def test_interrupted_formation_is_not_served(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         store.ensure(source)
     assert store.lookup(kms(), 40) is None
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.glob("*.h5")] == []
+    formed = store.ensure(kms())
+    with h5py.File(formed.path) as f:
+        i, j = np.indices((40, 40))
+        np.testing.assert_array_equal(f["matrix"][...], 0.3 ** np.abs(i - j))
+
+
+class StepSource(SyntheticSource):
+    """KMS source that forms one row strip per step and can stop after some."""
+
+    steps_run: list[int] = []
+    stop_after: int | None = None
+
+    def form(self, order, out):
+        full = np.asarray(0.3 ** np.abs(np.subtract.outer(np.arange(order), np.arange(order))))
+        for step in range(4):
+            tag = f"strip {step}"
+            if out.is_done(tag):
+                continue
+            if self.stop_after is not None and len(self.steps_run) == self.stop_after:
+                raise KeyboardInterrupt
+            rows = slice(step * order // 4, (step + 1) * order // 4)
+            out.write(rows.start, 0, full[rows])
+            self.steps_run.append(step)
+            out.mark_done(tag)
+
+
+def test_interrupted_formation_resumes(tmp_path):
+    store = MatrixStore(tmp_path)
+    first = StepSource(kind="kms", n=40, rho=0.3)
+    first.steps_run, first.stop_after = [], 3
+    with pytest.raises(KeyboardInterrupt):
+        store.ensure(first)
+    assert first.steps_run == [0, 1, 2]
+    assert store.lookup(first, 40) is None
+    second = StepSource(kind="kms", n=40, rho=0.3)
+    second.steps_run, second.stop_after = [], None
+    formed = store.ensure(second)
+    assert second.steps_run == [3]
+    with h5py.File(formed.path) as f:
+        assert f["matrix"].attrs["formation_resumed"]
+        i, j = np.indices((40, 40))
+        np.testing.assert_array_equal(f["matrix"][...], 0.3 ** np.abs(i - j))
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.done"))
 
 
 def test_reference_cache(tmp_path):
