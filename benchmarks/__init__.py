@@ -1,0 +1,1 @@
+"""asv benchmarks of ldbench; see suite_cases.py."""
