@@ -101,6 +101,8 @@ class DenseSolver(Solver):
         logger.debug("dense %s: reading a matrix of order %d", method, order)
         array = matrix.read()
         _check_finite(array)
+        if method != "lu":
+            _check_symmetric(array, method)
 
         # For a C-ordered array the transpose is a Fortran-ordered view, so
         # LAPACK factors it in place. det(A^T) = det(A), and for the symmetric
@@ -115,6 +117,26 @@ class DenseSolver(Solver):
             flops=self._flop_count(order),
             read_order=order,
             details=details,
+        )
+
+
+SYMMETRY_RTOL = 1e-10
+
+
+def _check_symmetric(array: np.ndarray, method: str) -> None:
+    """Raise SolverError when ``array`` is not symmetric to ``SYMMETRY_RTOL``
+    relative to its largest entry, because Cholesky and LDL read one triangle
+    and would return the log-det of a different matrix."""
+    asymmetry = np.abs(array - array.T)
+    worst = int(np.argmax(asymmetry)) if asymmetry.size else 0
+    value = float(asymmetry.flat[worst]) if asymmetry.size else 0.0
+    scale = float(np.abs(array).max(initial=0.0))
+    if value > SYMMETRY_RTOL * scale:
+        row, col = np.unravel_index(worst, array.shape)
+        raise SolverError(
+            f"method {method!r} needs a symmetric matrix, but |A[{row},{col}] - "
+            f"A[{col},{row}]| = {value:.3e} (largest entry {scale:.3e}). Use "
+            "method 'lu' for a general matrix."
         )
 
 
