@@ -19,6 +19,7 @@ import psutil
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
+LOG_TAIL_BYTES = 4000
 
 
 @dataclass
@@ -80,6 +81,7 @@ def run_in_worker(
     with tempfile.TemporaryDirectory(prefix="ldbench-job-") as tmp:
         job_path = Path(tmp) / "job.json"
         result_path = Path(tmp) / "result.json"
+        job = {**job, "host_pid": os.getpid()}
         job_path.write_text(json.dumps(job, default=str))
         log = open(log_path, "ab") if log_path is not None else None
         start = time.perf_counter()
@@ -93,6 +95,8 @@ def run_in_worker(
                 env={**os.environ, **(env or {})},
             )
             status = _watch(proc, timeout, memory_limit)
+            # Children the job left behind in its group die with it.
+            _kill_group(proc.pid)
         finally:
             if log is not None:
                 log.close()
@@ -104,7 +108,12 @@ def run_in_worker(
             if proc.returncode < 0:
                 sig = signal.Signals(-proc.returncode).name
                 status = "crashed"
-                result = {"error": f"worker killed by signal {sig}", "signal": sig}
+                hint = ""
+                if sig == "SIGKILL":
+                    hint = (" (the kernel's out-of-memory killer sends SIGKILL; lower "
+                            "the memory use or set a memory_limit)")
+                result = {"error": f"worker killed by signal {sig}{hint}",
+                          "signal": sig, "traceback": _log_tail(log_path)}
             elif not result:
                 status = "crashed"
                 result = {"error": f"worker exited with code {proc.returncode} "
@@ -119,6 +128,15 @@ def run_in_worker(
                       f"{memory_limit / 2**20:.0f} MiB; the process group was killed. "
                       "Raise 'memory_limit' or give the solver a smaller block size"}
         return JobOutcome(status, result, wall, proc.returncode)
+
+
+def _log_tail(log_path: Path | None) -> str:
+    """Return the end of the worker's log, where faulthandler wrote the stack."""
+    if log_path is None or not Path(log_path).exists():
+        return ""
+    with open(log_path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+        return f.read().decode("utf-8", "replace")
 
 
 def _watch(proc: subprocess.Popen, timeout: float, memory_limit: int | None) -> str:

@@ -63,9 +63,30 @@ def _cost(value: float | None) -> str:
     return f"${value:.2g}" if value < 0.01 else f"${value:.2f}"
 
 
+def _error_bar(record: dict[str, Any]) -> str:
+    """Return the solver's own relative error estimate, ``"±1.2% (95%)"``.
+
+    It is the half-width of the reported confidence interval divided by
+    ``|logabsdet|``, at the level the solver states in its details (95% when
+    it states none), so it sits next to the true relative error.
+    """
+    interval = record.get("interval")
+    value = record.get("logabsdet")
+    if not interval or value is None or not math.isfinite(value) or value == 0:
+        return ""
+    low, high = (float(v) for v in interval)
+    if not (math.isfinite(low) and math.isfinite(high)) or high == low:
+        return ""
+    details = record.get("details") or {}
+    level = details.get("level", details.get("interval_level", 0.95))
+    half_width = (high - low) / 2.0 / abs(value)
+    return f"±{_percent(half_width)} ({float(level) * 100:g}%)"
+
+
 def paper_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Return the comparison table: method, settings, matrix, TFLOPs, relative
-    error, estimated cost, wall time (formation + solve) and status."""
+    error, the solver's own error bar, estimated cost, wall time (formation +
+    solve) and status."""
     rows = []
     for r in records:
         ok = r.get("status") == "ok"
@@ -77,6 +98,8 @@ def paper_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         status = r.get("status", "")
         if not ok and r.get("error"):
             status = f"{status}: {str(r['error']).splitlines()[0][:60]}"
+        if ok and (r.get("details") or {}).get("pseudo_determinant"):
+            status = "ok (pseudo-determinant)"
         rows.append({
             "method": r.get("method", ""),
             "settings": r.get("settings", ""),
@@ -84,6 +107,7 @@ def paper_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             "rep": r.get("repetition", 0),
             "TFLOPs": _tflops(r.get("tflops")) if ok else "",
             "rel. error": _percent(r.get("rel_error")) if ok else "",
+            "error bar": _error_bar(r) if ok else "",
             "cost": _cost(r.get("cost_usd")) if ok else "",
             "wall (form + solve)": wall,
             "status": status,
@@ -94,20 +118,68 @@ def paper_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def render(records: list[dict[str, Any]], fmt: str = "github") -> str:
-    """Render the comparison table with tabulate (``github``, ``plain``, ``latex``)."""
+#: Output formats of :func:`render` and the tabulate format of each.
+FORMATS = {"github": "github", "plain": "plain", "latex": "latex_booktabs"}
+
+
+def pricing_footnote(pricing: dict[str, Any] | None) -> str:
+    """Return the sentence that states the price table and its source."""
+    if not pricing:
+        return ""
+    return (f"Cost uses ${pricing['cpu_per_hour']}/h per CPU and "
+            f"${pricing['gpu_per_hour']}/h per GPU (prices of {pricing['date']}: "
+            f"{pricing['source']}).")
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
+                  "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters, one character at a time."""
+    return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
+
+
+def render(records: list[dict[str, Any]], fmt: str = "github",
+           pricing: dict[str, Any] | None = None) -> str:
+    """Render the comparison table as ``github`` Markdown, ``plain`` text or
+    a ``latex`` table float.
+
+    With ``pricing`` (a suite's ``[pricing]`` table) the price table and its
+    source follow the table: as a paragraph in github and plain, as a note
+    under the tabular in LaTeX. The LaTeX output uses booktabs rules, so the
+    document needs ``\\usepackage{booktabs}``.
+    """
     from tabulate import tabulate
 
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; use one of {sorted(FORMATS)}")
     frame = paper_table(records)
-    return tabulate(frame, headers="keys", tablefmt=fmt, showindex=False,
-                    disable_numparse=True)
+    table = tabulate(frame, headers="keys", tablefmt=FORMATS[fmt], showindex=False,
+                     disable_numparse=True)
+    footnote = pricing_footnote(pricing)
+    if fmt != "latex":
+        return table + (f"\n\n{footnote}" if footnote else "")
+    # tabulate's latex formats escape the cells. "±" needs a Unicode-aware
+    # input encoding, so it becomes the math symbol.
+    table = table.replace("±", r"$\pm$")
+    lines = [r"% needs \usepackage{booktabs}", r"\begin{table}[ht]", r"\centering",
+             r"\small", table]
+    if footnote:
+        lines.append(r"\par\smallskip{\footnotesize " + _latex_escape(footnote) + "}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines)
 
 
 def write_outputs(run_dir: Path, records: list[dict[str, Any]], pricing: dict[str, Any]) -> None:
-    """Write results.csv and results.md into the run folder."""
+    """Write results.csv, results.md and statistics.json into the run folder."""
+    from ._stats import render_statistics, write_statistics
+
     run_dir = Path(run_dir)
     results_frame(records).to_csv(run_dir / "results.csv", index=False)
-    footnote = (f"\nCost uses ${pricing['cpu_per_hour']}/h per CPU and "
-                f"${pricing['gpu_per_hour']}/h per GPU (prices of {pricing['date']}: "
-                f"{pricing['source']}).\n")
-    (run_dir / "results.md").write_text(render(records, "github") + "\n" + footnote)
+    footnote = "\n" + pricing_footnote(pricing) + "\n"
+    statistics = ("\n## Repetition statistics\n\n"
+                  + render_statistics(write_statistics(run_dir, records)) + "\n")
+    (run_dir / "results.md").write_text(render(records, "github") + "\n" + footnote
+                                        + statistics)

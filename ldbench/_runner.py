@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -53,9 +54,38 @@ class RunOptions:
     log_level: str = "WARNING"
 
 
+# Record fields that may contain an infinite or NaN float, such as the -inf
+# log-det of a singular matrix.
+FLOAT_FIELDS = ("logabsdet", "sign", "stderr", "interval", "reference_logdet",
+                "rel_error")
+
+
+def _encode(value: Any) -> Any:
+    """Replace non-finite floats by the strings "inf", "-inf" and "nan", which
+    strict JSON parsers accept, unlike the tokens Infinity and NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(record: dict[str, Any]) -> dict[str, Any]:
+    """Turn the strings that :func:`_encode` wrote in FLOAT_FIELDS back into floats."""
+    for key in FLOAT_FIELDS:
+        value = record.get(key)
+        if isinstance(value, str):
+            record[key] = float(value)
+        elif isinstance(value, list):
+            record[key] = [float(v) if isinstance(v, str) else v for v in value]
+    return record
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line and force it to disk, so a kill keeps it."""
-    line = json.dumps(record, default=str, allow_nan=True) + "\n"
+    line = json.dumps(_encode(record), default=str, allow_nan=False) + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()
@@ -86,7 +116,7 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(_decode(json.loads(line)))
         except json.JSONDecodeError:
             logger.warning("%s line %d is incomplete and was ignored", path, number)
     return records
@@ -333,11 +363,13 @@ class Runner:
         formation = result["formation"]
         logabsdet = _float(estimate["logabsdet"])
         sign = _float(estimate["sign"])
-        if structure is Structure.SPD and not (sign == 1.0 and logabsdet == logabsdet
-                                               and logabsdet != float("inf")):
+        # An SPD matrix has det > 0 and a finite log-det. A singular PSD matrix
+        # declared SPD gets "invalid", because the declaration is wrong, while the
+        # same matrix declared symmetric gets "ok" with -inf and sign 0.
+        if structure is Structure.SPD and not (sign == 1.0 and math.isfinite(logabsdet)):
             record["status"] = "invalid"
             record["error"] = (f"matrix is declared SPD but the solver returned sign={sign}, "
-                               f"log|det|={logabsdet}")
+                               f"log|det|={logabsdet}: {_spd_hint(sign, logabsdet)}")
         reference = self._references.get(case.matrix.id) or {}
         ref_value = reference.get("logabsdet")
         wall = formation["seconds"] + result["solve_seconds"]
@@ -380,6 +412,15 @@ class _HostPlugin:
     @hookimpl
     def ldbench_case(self, case: dict[str, Any]) -> dict[str, Any]:
         return case["runner"].execute(case["case"])
+
+
+def _spd_hint(sign: float, logabsdet: float) -> str:
+    if sign == 0.0 or logabsdet == -math.inf:
+        return ("the matrix is singular, so at most positive semi-definite; declare "
+                "it 'symmetric' or add a positive shift to the diagonal")
+    if sign == -1.0:
+        return "the matrix is indefinite; declare it 'symmetric' or 'general'"
+    return "the estimate is not finite; check the solver's log for overflow"
 
 
 def _float(value: Any) -> float:

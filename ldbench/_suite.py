@@ -36,6 +36,7 @@ SUITE_KEYS = {
     "store": str,
     "seed": int,
     "data_dir": str,
+    "statistics": bool,
 }
 PRICING_KEYS = {"cpu_per_hour": (int, float), "gpu_per_hour": (int, float), "date": str, "source": str}
 DEFAULT_PRICING = {

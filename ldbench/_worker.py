@@ -9,16 +9,50 @@ status (crash, timeout, out of memory).
 
 from __future__ import annotations
 
+import errno
+import faulthandler
 import json
 import logging
 import os
 import resource
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# Cap in bytes on the size of any file the worker writes (RLIMIT_FSIZE). Tests
+# set it to emulate a scratch disk that fills up; unset means no cap.
+FILE_SIZE_LIMIT_ENV = "LDBENCH_FILE_SIZE_LIMIT"
+PARENT_POLL_SECONDS = 0.2
+_DISK_FULL = (errno.EFBIG, errno.ENOSPC, errno.EDQUOT)
+
+
+def _watch_parent(parent: int) -> None:
+    """Kill the worker's process group once the host process is gone.
+
+    The worker runs in its own session, so a host killed with SIGKILL would
+    leave it running: it could then finish a case that no record stores, or rename a
+    matrix into the store while a resumed run forms the same one.
+    """
+    while True:
+        time.sleep(PARENT_POLL_SECONDS)
+        if os.getppid() != parent:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _limit_file_size() -> None:
+    # With SIGXFSZ ignored, a write past the cap fails with OSError EFBIG
+    # ("File too large") instead of killing the worker.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    value = os.environ.get(FILE_SIZE_LIMIT_ENV)
+    if value:
+        limit = int(value)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
 def _peak_rss_mb() -> float:
@@ -52,7 +86,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     except MemoryError as exc:
         result.update(status="out-of-memory", error=f"MemoryError: {exc}",
                       traceback=format_traceback(exc))
-    except (SolverError, ParameterError, FileNotFoundError, OSError) as exc:
+    except OSError as exc:
+        result.update(status="error", error=_os_error_message(exc, job),
+                      traceback=format_traceback(exc))
+    except (SolverError, ParameterError) as exc:
         result.update(status="error", error=f"{type(exc).__name__}: {exc}",
                       traceback=format_traceback(exc))
     except Exception as exc:
@@ -61,6 +98,29 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     result["peak_rss_mb"] = _peak_rss_mb()
     result["finished_at"] = time.time()
     return result
+
+
+def _os_error_message(exc: OSError, job: dict[str, Any]) -> str:
+    message = f"{type(exc).__name__}: {exc}"
+    if exc.errno not in _DISK_FULL:
+        return message
+    removed, size = _clear_scratch(job)
+    where = job.get("scratch_dir") or job.get("store")
+    return (f"{message}. The disk behind {where} is full or a file exceeded the "
+            f"file-size limit; removed {removed} partial scratch files "
+            f"({size / 2**20:.1f} MiB). Free space or point the scratch folder to "
+            "a larger disk")
+
+
+def _clear_scratch(job: dict[str, Any]) -> tuple[int, int]:
+    """Delete the case's scratch files and return their count and total bytes."""
+    scratch = job.get("scratch_dir")
+    if not scratch or not Path(scratch).is_dir():
+        return 0, 0
+    files = [p for p in Path(scratch).rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return len(files), size
 
 
 def _solve(job: dict[str, Any], registry: Any, source: Any, store: Any) -> dict[str, Any]:
@@ -116,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job_path, result_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text())
+    host = int(job.get("host_pid", os.getppid()))
+    threading.Thread(target=_watch_parent, args=(host,), daemon=True).start()
+    # A segfault in native code dumps the Python stack into the case's log.
+    faulthandler.enable()
+    _limit_file_size()
     logging.basicConfig(level=job.get("log_level", "WARNING"),
                         format="%(levelname)s %(name)s: %(message)s")
     result = run_job(job)

@@ -1,4 +1,4 @@
-"""Command-line interface: ``ldbench run|plugins|info|report``."""
+"""Command-line interface: ``ldbench run|plugins|info|report|plot|compare``."""
 
 from __future__ import annotations
 
@@ -36,13 +36,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import importlib.util
 
+    import difflib
+
     registry = _registry(args)
-    table = registry.solvers if args.name in registry.solvers else registry.sources
-    try:
-        cls = (registry.solver_class(args.name) if table is registry.solvers
-               else registry.source_class(args.name))
-    except KeyError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
+    if args.name in registry.solvers:
+        table = registry.solvers
+        cls = registry.solver_class(args.name)
+    elif args.name in registry.sources:
+        table = registry.sources
+        cls = registry.source_class(args.name)
+    else:
+        names = sorted({*registry.solvers, *registry.sources})
+        near = difflib.get_close_matches(args.name, names, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        print(f"error: no solver or source named {args.name!r}{hint} (registered: "
+              f"{', '.join(names) or 'none'}). Run 'ldbench plugins' to see what is "
+              "installed or disabled.", file=sys.stderr)
         return 2
     reg = table[args.name]
     kind = "solver" if table is registry.solvers else "source"
@@ -119,6 +128,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"run folder: {run_dir}", file=sys.stderr)
     records = execute_suite(suite, registry, run_dir, store, options)
     print(render(records, "github"))
+    from ._stats import aggregate, render_statistics
+
+    groups = aggregate(records, bool(suite.settings.get("statistics", False)))
+    if any(g["count"] > 1 or g["warnings"] for g in groups):
+        print("\n" + render_statistics(groups))
     print(f"\nresults: {run_dir}/results.jsonl, results.csv, results.md")
     failed = [r for r in records if r.get("status") in FAILED]
     if failed:
@@ -132,6 +146,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ._compare import CompareError, compare_runs, parse_threshold, render_comparison
+    from ._runner import read_records
+
+    try:
+        thresholds = [parse_threshold(t) for t in args.fail_on]
+    except CompareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    runs = []
+    for run in (args.run_a, args.run_b):
+        records = read_records(Path(run))
+        if not records:
+            print(f"error: no results in {run!r} (expected {run}/results.jsonl)",
+                  file=sys.stderr)
+            return 2
+        runs.append(records)
+    comparison = compare_runs(runs[0], runs[1], thresholds, args.alpha)
+    if not comparison.groups:
+        print("error: no case of run A matches a case of run B by case id or by matrix "
+              "id, method and settings", file=sys.stderr)
+        return 2
+    print(render_comparison(comparison, args.format))
+    return 1 if comparison.regressions else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from ._report import render
     from ._runner import read_records
@@ -141,7 +181,42 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"error: no results in {args.run!r} (expected {args.run}/results.jsonl)",
               file=sys.stderr)
         return 2
-    print(render(records, args.format))
+    print(render(records, args.format, _run_pricing(Path(args.run))))
+    return 0
+
+
+def _run_pricing(run_dir: Path) -> dict[str, Any] | None:
+    """Return the pricing table of the run's resolved suite, or None."""
+    try:
+        resolved = json.loads((run_dir / "suite.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        logger.warning("no pricing footnote: cannot read %s/suite.json (%s)",
+                       run_dir, exc)
+        return None
+    return resolved.get("pricing")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ._figures import write_figures
+    from ._runner import read_records
+
+    run_dir = Path(args.run)
+    records = read_records(run_dir)
+    if not records:
+        print(f"error: no results in {args.run!r} (expected {args.run}/results.jsonl)",
+              file=sys.stderr)
+        return 2
+    try:
+        paths = write_figures(run_dir, records)
+    except ImportError as exc:
+        print(f"error: plotting needs matplotlib ({exc}); pip install matplotlib",
+              file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    if not paths:
+        print("no figure: the run has no successful case with a reference value",
+              file=sys.stderr)
     return 0
 
 
@@ -188,8 +263,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="print the table of a finished run")
     p.add_argument("run", help="run folder")
-    p.add_argument("--format", default="github", choices=["github", "plain", "latex"])
+    p.add_argument("--format", default="github", choices=["github", "plain", "latex"],
+                   help="github Markdown, plain text, or a LaTeX table float with "
+                        "booktabs rules (needs \\usepackage{booktabs})")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("plot", help="draw the figures of a finished run as PNG files")
+    p.add_argument("run", help="run folder; the figures go to RUN/figures")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("compare", help="set two runs side by side and flag regressions")
+    p.add_argument("run_a", help="baseline run folder")
+    p.add_argument("run_b", help="run folder compared with the baseline")
+    p.add_argument("--fail-on", action="append", default=[], metavar="METRIC:LIMIT",
+                   help="exit with code 1 when METRIC's median in B exceeds A's by more "
+                        "than LIMIT, a percentage ('wall_time:10%%') or an amount in the "
+                        "metric's unit ('rel_error:0.001'), and the Mann-Whitney test is "
+                        "significant where it applies (at least 4 repetitions per run). "
+                        "Metrics: wall_time, solve_time, cpu_time (s), rel_error, "
+                        "peak_memory (MiB); 'status' fails on cases that stopped "
+                        "succeeding. Repeatable")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level of the Mann-Whitney U test (default 0.05)")
+    p.add_argument("--format", default="github", choices=["github", "plain", "latex"])
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
