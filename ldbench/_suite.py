@@ -85,7 +85,7 @@ class Case:
 
     def __post_init__(self) -> None:
         if not self.id:
-            self.id = case_id(self.matrix, self.solver, self.repetition)
+            self.id = case_id(self.matrix, self.solver, self.repetition, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the case as a JSON-serialisable dictionary."""
@@ -137,7 +137,9 @@ class Suite:
         return cases
 
 
-def case_id(matrix: MatrixConfig, solver: SolverConfig, repetition: int) -> str:
+def case_id(
+    matrix: MatrixConfig, solver: SolverConfig, repetition: int, seed: int = 0
+) -> str:
     """Return a 12-hex-digit id of a resolved case, independent of key order."""
     payload = json.dumps(
         {
@@ -146,6 +148,7 @@ def case_id(matrix: MatrixConfig, solver: SolverConfig, repetition: int) -> str:
             "solver": solver.name,
             "solver_params": solver.params,
             "repetition": repetition,
+            "seed": seed,
         },
         sort_keys=True,
         default=str,

@@ -90,14 +90,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if suite_path is None:
         print("error: give a suite file, or --resume RUN_DIR", file=sys.stderr)
         return 2
+    overrides = list(args.set)
+    store_arg = args.store
+    if run_dir is not None and (run_dir / "run.json").exists():
+        # A resumed run keeps the overrides and store of the run it continues.
+        saved = json.loads((run_dir / "run.json").read_text())
+        overrides = saved["overrides"] + overrides
+        store_arg = store_arg or saved["store"]
     try:
-        suite = load_suite(suite_path, registry, args.set)
+        suite = load_suite(suite_path, registry, overrides)
         timeout = parse_duration(args.timeout) if args.timeout else None
         memory = parse_bytes(args.memory_limit) if args.memory_limit else None
     except (SuiteError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    store = suite_store(suite, args.store)
+    store = suite_store(suite, store_arg)
     # Data files are checked before any work, so a missing data set stops here.
     for matrix in suite.matrices:
         try:
@@ -126,6 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                        if p.startswith("no:")})},
                          log_level="INFO" if args.verbose else "WARNING")
     print(f"run folder: {run_dir}", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(
+        {"suite": str(suite_path.resolve()), "overrides": overrides,
+         "store": str(store.root.resolve())}, indent=2))
     records = execute_suite(suite, registry, run_dir, store, options)
     print(render(records, "github"))
     from ._stats import aggregate, render_statistics

@@ -156,3 +156,22 @@ def test_failures_set_exit_code(tmp_path):
     assert "pivot" in rows[0]["error"]
     assert "sign=-1" in rows[1]["error"]
     assert run_file_suite(tmp_path, "spd", "spd2", "--allow-failures") == 0
+
+
+def test_resume_keeps_overrides_and_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDBENCH_STORE", str(tmp_path / "default-store"))
+    suite = write_suite(tmp_path)
+    run_dir = tmp_path / "run"
+    store = tmp_path / "store"
+    args = ["--set", "matrix.kms.n=30", "--set", "solver.dense.method=lu"]
+    assert main(["run", str(suite), "--out", str(run_dir), "--store", str(store), *args]) == 0
+    first = records(run_dir)
+    (run_dir / "results.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in first[:1]) + "\n")
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    resumed = records(run_dir)
+    assert [r["case_id"] for r in resumed] == [r["case_id"] for r in first]
+    kms = resumed[0]
+    assert kms["order"] == 30
+    assert kms["logabsdet"] == pytest.approx(29 * math.log(1 - 0.7**2), rel=1e-12)
+    assert not (tmp_path / "default-store").exists()
