@@ -150,7 +150,7 @@ def test_nonfinite_entries_rejected(tmp_path):
     np.save(path, matrix)
     source = FileSource(path=str(path))
     source.block_bytes = 16 * 6 * 2
-    with pytest.raises(ValueError, match="rows 4..5 of .*nan.npy"):
+    with pytest.raises(ValueError, match=r"entry \(4, 1\) of .*nan.npy. is nan"):
         source.form(6, ArrayWriter(6))
     writer = ArrayWriter(4)
     source.form(4, writer)  # the NaN lies outside the leading block

@@ -197,9 +197,11 @@ class FileSource(MatrixSource):
                 r1 = min(order, r0 + rows)
                 strip = np.asarray(array[r0:r1, :order], dtype=np.float64)
                 if not np.isfinite(strip).all():
+                    row, col = np.argwhere(~np.isfinite(strip))[0]
                     raise ValueError(
-                        f"source 'file': rows {r0}..{r1 - 1} of {str(self.path)!r} "
-                        f"contain NaN or infinite values; the log-determinant needs "
-                        f"finite entries"
+                        f"source 'file': entry ({r0 + row}, {col}) of "
+                        f"{str(self.path)!r} is {strip[row, col]} (first non-finite "
+                        f"entry, in rows {r0}..{r1 - 1}); the log-determinant needs "
+                        "finite entries, so fix or replace the matrix file"
                     )
                 out.write(r0, 0, strip)
