@@ -16,6 +16,7 @@ COLUMNS = [
     "repetition", "status", "logabsdet", "sign", "stderr", "reference_logdet",
     "reference_method", "rel_error", "flops", "tflops", "formation_seconds",
     "formation_basis", "solve_seconds", "wall_seconds", "cpu_seconds", "peak_rss_mb",
+    "peak_gpu_memory_mb", "bytes_read", "bytes_written",
     "cost_usd", "error",
 ]
 

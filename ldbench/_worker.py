@@ -140,11 +140,15 @@ def _solve(job: dict[str, Any], registry: Any, source: Any, store: Any) -> dict[
     try:
         for _ in range(int(job.get("warmup", 0))):
             solver.solve(handle, context)
+        io0 = _io_counters()
+        _synchronize_devices()
         cpu0 = time.process_time()
         wall0 = time.perf_counter()
         estimate = solver.solve(handle, context)
+        _synchronize_devices()
         solve_seconds = time.perf_counter() - wall0
         cpu_seconds = time.process_time() - cpu0
+        io1 = _io_counters()
     finally:
         handle.close()
     return {
@@ -168,7 +172,47 @@ def _solve(job: dict[str, Any], registry: Any, source: Any, store: Any) -> dict[
         "solver_label": solver.label(),
         "solver_device": solver.device,
         "stochastic": solver.stochastic,
+        "bytes_read": io1[0] - io0[0],
+        "bytes_written": io1[1] - io0[1],
+        "peak_gpu_memory_mb": _peak_gpu_memory_mb(),
     }
+
+
+def _io_counters() -> tuple[int, int]:
+    """Bytes this process read from and wrote to storage so far (Linux
+    /proc/self/io through psutil); zeros where the platform has no counters."""
+    import psutil
+
+    try:
+        counters = psutil.Process().io_counters()
+    except (AttributeError, psutil.Error):
+        return 0, 0
+    return int(counters.read_bytes), int(counters.write_bytes)
+
+
+def _synchronize_devices() -> None:
+    """Wait for queued GPU work, so a clock read after it includes that work.
+
+    Only libraries the solver already imported are synchronised, which keeps
+    a CPU case free of GPU imports.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        try:
+            cupy.cuda.runtime.deviceSynchronize()
+        except Exception as exc:  # a cupy without a usable device
+            logger.debug("cupy synchronisation skipped: %s", exc)
+
+
+def _peak_gpu_memory_mb() -> float | None:
+    """Peak GPU memory torch allocated in this process, in MiB, or None."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
