@@ -83,8 +83,8 @@ def asv(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(ASV is None, reason="asv is not installed (pip install asv)")
 def test_asv_run_records_results(project, tmp_path):
+    assert ASV is not None, "asv is missing: pip install -e '.[test]' installs it"
     suite = write_suite(tmp_path / "suite.toml")
     env = {**os.environ, "HOME": str(tmp_path / "home"), "LDBENCH_ASV_SUITE": str(suite),
            "LDBENCH_ASV_STORE": str(tmp_path / "store")}
