@@ -67,7 +67,7 @@ def test_disabled_plugin_is_not_loaded(site, tmp_path):
     assert "solver:hutchpp" not in row
     out = run(["-m", "ldbench.cli", "-p", "no:hutchpp", "info", "hutchpp"], site, tmp_path)
     assert out.returncode == 2
-    assert "unknown" in out.stderr
+    assert "no solver or source named 'hutchpp'" in out.stderr
 
 
 def test_suite_runs_hutchpp_beside_dense(site, tmp_path):
