@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -18,6 +18,9 @@ from ._report import results_frame, write_outputs
 from ._runner import Runner, RunOptions
 from ._store import MatrixStore
 from ._suite import Suite, load_suite
+
+if TYPE_CHECKING:
+    from ._executor import DaskSettings
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +51,13 @@ def execute_suite(
     run_dir: Path,
     store: MatrixStore,
     options: RunOptions,
+    executor: DaskSettings | None = None,
 ) -> list[dict[str, Any]]:
-    """Write the run folder's metadata, run the pending cases and the tables."""
+    """Write the run folder's metadata, run the pending cases and the tables.
+
+    With ``executor`` the jobs run on a Dask cluster (see
+    :mod:`ldbench._executor`), else one after another on this machine.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "suite.toml").exists():
         shutil.copyfile(suite.path, run_dir / "suite.toml")
@@ -67,9 +75,26 @@ def execute_suite(
     plugins = [asdict(p) for p in registry.plugins.values()]
     meta = machine_metadata(suite.path.parent, plugins)
     (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
-    records = Runner(suite, registry, run_dir, store, options).run()
+    if executor is None:
+        records = Runner(suite, registry, run_dir, store, options).run()
+    else:
+        from ._executor import run_on_dask
+
+        records = run_on_dask(suite, registry, run_dir, store, options, executor)
     write_outputs(run_dir, records, suite.pricing)
+    _write_figures(run_dir, records)
     return records
+
+
+def _write_figures(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Draw the run's figures; a failure is logged, because the results stand."""
+    try:
+        from ._figures import write_figures
+
+        write_figures(run_dir, records)
+    except Exception as exc:  # noqa: BLE001 - any plotting failure
+        logger.warning("figures of %s not written (%s: %s); retry with "
+                       "'ldbench plot %s'", run_dir, type(exc).__name__, exc, run_dir)
 
 
 def run(
@@ -77,6 +102,7 @@ def run(
     overrides: list[str] | None = None,
     run_dir: Path | str | None = None,
     store: Path | str | None = None,
+    executor: DaskSettings | None = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Run a suite file and return one row per case as a DataFrame.
@@ -91,6 +117,8 @@ def run(
         Output folder; a new one under ``./runs`` by default.
     store
         Matrix store folder; the suite's or ``$LDBENCH_STORE`` by default.
+    executor
+        Run on a Dask cluster with these settings; ``None`` runs locally.
     **options
         Fields of :class:`ldbench._runner.RunOptions` (timeout in seconds,
         memory_limit in bytes, resume, check).
@@ -99,5 +127,5 @@ def run(
     loaded = load_suite(suite, registry, overrides)
     folder = Path(run_dir) if run_dir is not None else new_run_dir(loaded)
     records = execute_suite(loaded, registry, folder, suite_store(loaded, store),
-                            RunOptions(**options))
+                            RunOptions(**options), executor)
     return results_frame(records)

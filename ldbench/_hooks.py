@@ -55,3 +55,31 @@ def ldbench_case(case: dict[str, Any]) -> dict[str, Any] | None:
     and ``record = yield`` receives the finished record, a dictionary the
     wrapper may add keys to before returning it.
     """
+
+
+@hookspec(firstresult=True)
+def ldbench_form_distributed(
+    source: Any,
+    order: int,
+    client: Any,
+    target: str,
+    parts_dir: str,
+    settings: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Form the leading block of ``order`` of ``source`` on a Dask cluster.
+
+    Called in the host process by ``ldbench run --executor dask`` before the
+    cases run, once per matrix and order that is not stored yet. An
+    implementation that can form ``source`` spreads the work over the
+    workers of ``client`` (a ``distributed.Client``) and writes ``target``,
+    an HDF5 file with the dataset ``"matrix"`` of shape ``(order, order)``.
+    It may keep the pieces that dataset refers to in the folder
+    ``parts_dir``. Both paths are in the store, which every worker can reach.
+    ``settings`` has ``"threads"`` (threads per task, or None) and
+    ``"assign_gpus"`` (True when worker k should use CUDA device k).
+
+    Return ``{"formation": FormationRecord, "attributes": dict}``, with the
+    summed device time of all workers in the record's ``seconds`` and extra
+    HDF5 attributes for the stored matrix, or None to leave the source to
+    the host, which forms it in a worker process as without Dask.
+    """

@@ -16,7 +16,7 @@ from ._api import Structure
 from ._hooks import hookimpl
 from ._metrics import cost, relative_error, tflops
 from ._plugins import Registry
-from ._process import run_in_worker
+from ._process import JobOutcome, run_in_worker
 from ._store import MatrixStore, source_key
 from ._suite import Case, MatrixConfig, Suite, instantiate_solver, instantiate_source
 
@@ -184,22 +184,32 @@ class Runner:
 
     def run(self) -> list[dict[str, Any]]:
         """Run every pending case and return all records of the run folder."""
-        from tqdm import tqdm
-
         cases = self.pending()
         hook = self.registry.pm.hook
         hook.ldbench_run_start(run_dir=str(self.run_dir), suite=self.suite.raw)
         self._form_all(cases)
         self._reference_all(cases)
+        self._run_cases(cases)
+        records = read_records(self.run_dir)
+        hook.ldbench_run_end(run_dir=str(self.run_dir), records=records)
+        return records
+
+    def _run_cases(self, cases: list[Case]) -> None:
+        """Run the cases one after another, appending each record as it ends."""
+        from tqdm import tqdm
+
+        hook = self.registry.pm.hook
         bar = tqdm(cases, desc="cases", unit="case", disable=None, leave=False)
         for case in bar:
             bar.set_postfix_str(f"{case.matrix.id} / {case.solver.name}")
             record = hook.ldbench_case(case=self._case_context(case))
             _append(self.results_path, record)
             logger.info("case %s: %s", case.id, record["status"])
-        records = read_records(self.run_dir)
-        hook.ldbench_run_end(run_dir=str(self.run_dir), records=records)
-        return records
+
+    def _run_job(self, job: dict[str, Any], log_path: Path) -> JobOutcome:
+        """Run a formation, reference or case job in a worker process with the
+        run's timeout and memory cap. The Dask executor overrides this."""
+        return run_in_worker(job, self.timeout, self.memory_limit, log_path=log_path)
 
     def _case_context(self, case: Case) -> dict[str, Any]:
         return {"case": case, "runner": self, **case.to_dict()}
@@ -240,10 +250,7 @@ class Runner:
                     continue
                 logger.info("forming %s at order %d", config.id, order)
                 log = self.run_dir / "logs" / f"form-{source_key(source)}-m{order}.log"
-                outcome = run_in_worker(
-                    self._job("form", config, order=order),
-                    self.timeout, self.memory_limit, log_path=log,
-                )
+                outcome = self._run_job(self._job("form", config, order=order), log)
                 if outcome.status != "ok":
                     error = dict(outcome.result)
                     error["status"] = outcome.status
@@ -279,11 +286,10 @@ class Runner:
         solver = instantiate_solver(self.registry, ref)
         method = f"{ref.name} ({solver.label()})"
         logger.info("computing the reference log-det of %s with %s", config.id, method)
-        outcome = run_in_worker(
+        outcome = self._run_job(
             self._job("solve", config, solver={"name": ref.name, "params": ref.params},
                       scratch_dir=str(self.run_dir / "scratch" / f"ref-{config.id}"), seed=0),
-            self.timeout, self.memory_limit,
-            log_path=self.run_dir / "logs" / f"reference-{source_key(source)}.log",
+            self.run_dir / "logs" / f"reference-{source_key(source)}.log",
         )
         shutil.rmtree(self.run_dir / "scratch" / f"ref-{config.id}", ignore_errors=True)
         if outcome.status != "ok":
@@ -323,13 +329,12 @@ class Runner:
         if (case.matrix.id, order) in self._formation_errors:
             return {**record, **self._formation_errors[(case.matrix.id, order)]}
         scratch = self.run_dir / "scratch" / case.id
-        outcome = run_in_worker(
+        outcome = self._run_job(
             self._job("solve", case.matrix, solver={"name": case.solver.name,
                                                     "params": case.solver.params},
                       scratch_dir=str(scratch), seed=case.seed,
                       warmup=int(self.suite.settings.get("warmup", 0))),
-            self.timeout, self.memory_limit,
-            log_path=self.run_dir / "logs" / f"case-{case.id}.log",
+            self.run_dir / "logs" / f"case-{case.id}.log",
         )
         shutil.rmtree(scratch, ignore_errors=True)
         return self._finish(record, outcome.status, outcome.result, case, info.structure)

@@ -4,6 +4,9 @@ A matrix is formed into ``<key>-m<order>.h5.partial`` and renamed to
 ``<key>-m<order>.h5`` only after the last block and its attributes are
 written, so an interrupted formation is never served as a complete matrix.
 A stored matrix of order M also serves every leading block of order k < M.
+A formation spread over a cluster writes ``<key>-m<order>.h5.staged`` and
+:meth:`MatrixStore.install` renames it. Its dataset may be a virtual dataset
+over files in ``<key>-m<order>.parts``, a folder that must stay beside it.
 """
 
 from __future__ import annotations
@@ -240,6 +243,66 @@ class MatrixStore:
         os.replace(partial, final)
         log.unlink(missing_ok=True)
         logger.info("formed %s in %.2f s", final.name, seconds)
+        return final
+
+    def staging_paths(self, source: MatrixSource, order: int) -> tuple[Path, Path]:
+        """Return where a formation outside this process writes the leading
+        block of ``order`` before :meth:`install`: the file, and a folder for
+        the pieces a virtual dataset in that file refers to."""
+        stem = f"{source_key(source)}-m{order}"
+        return self.root / f"{stem}.h5.staged", self.root / f"{stem}.parts"
+
+    def install(
+        self,
+        source: MatrixSource,
+        order: int,
+        path: Path,
+        formation: FormationRecord,
+        attributes: dict[str, Any] | None = None,
+    ) -> Path:
+        """Record provenance and cost in a formed file and rename it into the store.
+
+        Parameters
+        ----------
+        path
+            HDF5 file in the store folder with the dataset ``"matrix"`` of
+            shape ``(order, order)``, which may be a virtual dataset.
+        formation
+            Cost of the formation; ``seconds`` is what the cost metric prices.
+        attributes
+            Extra attributes for the dataset, such as the elapsed time of a
+            formation spread over several workers.
+
+        Raises
+        ------
+        ValueError
+            When the dataset's shape is not ``(order, order)``.
+        """
+        final = self.root / f"{source_key(source)}-m{order}.h5"
+        info = source.describe(order)
+        with h5py.File(path, "r+") as f:
+            dataset = f["matrix"]
+            if dataset.shape != (order, order):
+                raise ValueError(f"{path}: dataset 'matrix' has shape {dataset.shape}, "
+                                 f"expected ({order}, {order}) for {source.name!r}")
+            attrs = dataset.attrs
+            attrs["source"] = source.name
+            attrs["source_version"] = source.version
+            attrs["params"] = json.dumps(source.params, sort_keys=True, default=str)
+            attrs["fingerprint"] = source.fingerprint()
+            attrs["structure"] = info.structure.value
+            attrs["block_size"] = info.block_size
+            attrs["formation_seconds"] = float(formation.seconds)
+            attrs["formation_flops"] = float(formation.flops)
+            attrs["formation_device"] = formation.device
+            attrs["formation_phases"] = json.dumps(formation.phases)
+            attrs["formation_resumed"] = False
+            attrs["formed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            for name, value in (attributes or {}).items():
+                attrs[name] = value
+            attrs["complete"] = True
+        os.replace(path, final)
+        logger.info("installed %s (%.2f s of formation)", final.name, formation.seconds)
         return final
 
     def reference(self, source: MatrixSource) -> dict[str, Any] | None:

@@ -125,6 +125,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                                       "matrix stored", "store key"], tablefmt="github"))
         print(f"{len(cases)} cases; store {store.root}")
         return 0
+    executor = _dask_settings(args)
+    if isinstance(executor, str):
+        print(f"error: {executor}", file=sys.stderr)
+        return 2
     if run_dir is None:
         run_dir = Path(args.out) if args.out else new_run_dir(suite)
     options = RunOptions(timeout=timeout, memory_limit=memory, resume=args.resume is not None,
@@ -137,7 +141,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     (run_dir / "run.json").write_text(json.dumps(
         {"suite": str(suite_path.resolve()), "overrides": overrides,
          "store": str(store.root.resolve())}, indent=2))
-    records = execute_suite(suite, registry, run_dir, store, options)
+    from ._executor import ExecutorError
+
+    try:
+        records = execute_suite(suite, registry, run_dir, store, options, executor)
+    except ExecutorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(render(records, "github"))
     from ._stats import aggregate, render_statistics
 
@@ -155,6 +165,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.allow_failures:
             return 1
     return 0
+
+
+def _dask_settings(args: argparse.Namespace) -> Any:
+    """Return DaskSettings for ``--executor dask``, None for local execution,
+    or an error message for options that need the other executor."""
+    if args.executor == "local":
+        if args.scheduler or args.workers:
+            return "--scheduler and --workers need --executor dask"
+        return None
+    if args.workers is not None and args.workers < 1:
+        return f"--workers must be at least 1, got {args.workers}"
+    from ._executor import DaskSettings
+
+    return DaskSettings(scheduler=args.scheduler, workers=args.workers)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -263,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0 even when cases fail")
     p.add_argument("--no-check", action="store_true",
                    help="skip the finiteness and symmetry checks before each solve")
+    p.add_argument("--executor", choices=["local", "dask"], default="local",
+                   help="run jobs one after another here (local, the default) or as "
+                        "tasks on a Dask cluster (dask); see docs/cluster.md")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="address of a running Dask scheduler, e.g. "
+                        "tcp://10.0.0.5:8786 (default: start a LocalCluster)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes of the LocalCluster when torch finds no "
+                        "CUDA device (default: one per CPU core)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("plugins", help="list plugins and their status")

@@ -111,3 +111,44 @@ def test_reference_cache(tmp_path):
     assert store.reference(kms()) == {"logabsdet": -12.5, "sign": 1.0, "method": "dense (LU)"}
     with h5py.File(store.lookup(kms(), 40)) as f:
         assert f["matrix"].attrs["reference_logdet"] == -12.5
+
+
+def test_install_virtual_dataset(tmp_path):
+    from ldbench import FormationRecord
+
+    store = MatrixStore(tmp_path)
+    source = kms(6)
+    staged, parts = store.staging_paths(source, 6)
+    parts.mkdir()
+    with h5py.File(parts / "piece.h5", "w") as f:
+        f["block"] = np.arange(36.0).reshape(6, 6)
+    layout = h5py.VirtualLayout(shape=(6, 6), dtype="f8")
+    layout[:, :] = h5py.VirtualSource(f"{parts.name}/piece.h5", "block", shape=(6, 6))
+    with h5py.File(staged, "w") as f:
+        f.create_virtual_dataset("matrix", layout)
+    record = FormationRecord(seconds=12.5, flops=3e6, device="gpu",
+                             phases={"gram": {"seconds": 10.0, "flops": 3e6}})
+    path = store.install(source, 6, staged, record, {"formation_workers": 4})
+    assert path == tmp_path / f"{source_key(source)}-m6.h5"
+    assert not staged.exists()
+    assert store.lookup(source, 6) == path
+    stored = store.open(source, path, 6)
+    assert stored.formation == record
+    assert stored.formation_basis == "measured"
+    with h5py.File(path, "r") as f:
+        assert f["matrix"].attrs["formation_workers"] == 4
+        assert f["matrix"].attrs["complete"]
+        np.testing.assert_array_equal(f["matrix"][:], np.arange(36.0).reshape(6, 6))
+
+
+def test_install_rejects_wrong_shape(tmp_path):
+    from ldbench import FormationRecord
+
+    store = MatrixStore(tmp_path)
+    source = kms(6)
+    staged, _ = store.staging_paths(source, 6)
+    with h5py.File(staged, "w") as f:
+        f["matrix"] = np.zeros((5, 5))
+    with pytest.raises(ValueError, match=r"shape \(5, 5\), expected \(6, 6\)"):
+        store.install(source, 6, staged, FormationRecord(seconds=1.0, flops=0.0))
+    assert store.lookup(source, 6) is None
