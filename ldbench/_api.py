@@ -431,6 +431,18 @@ class Solver:
         """Order of the leading block this solver reads (default: all of it)."""
         return info.order
 
+    def prepare(self) -> None:
+        """Do one-time set-up outside the timed solve.
+
+        The runner calls this before it starts the clock. The default imports
+        the modules named in ``requires``, so an import that takes seconds
+        (detkit, imate, torch) is not counted as solve time.
+        """
+        import importlib
+
+        for module in self.requires:
+            importlib.import_module(module)
+
     def flops(self, info: MatrixInfo) -> float:
         """Analytic FLOP count for a matrix described by ``info``."""
         raise NotImplementedError

@@ -120,11 +120,21 @@ def run(
     executor
         Run on a Dask cluster with these settings; ``None`` runs locally.
     **options
-        Fields of :class:`ldbench._runner.RunOptions` (timeout in seconds,
-        memory_limit in bytes, resume, check).
+        Fields of :class:`ldbench._runner.RunOptions`: timeout (seconds or a
+        duration such as ``"10m"``), memory_limit (bytes or a size such as
+        ``"4GB"``), resume, check.
     """
+    from ._suite import parse_bytes, parse_duration
+
     registry = Registry()
     loaded = load_suite(suite, registry, overrides)
+    # Durations and sizes may be given as the CLI writes them ("10m", "4GB").
+    if options.get("timeout") is not None:
+        options["timeout"] = parse_duration(options["timeout"])
+    if options.get("memory_limit") is not None:
+        options["memory_limit"] = parse_bytes(options["memory_limit"])
+        if options["memory_limit"] <= 0:
+            raise ValueError(f"memory_limit={options['memory_limit']!r} must be positive")
     folder = Path(run_dir) if run_dir is not None else new_run_dir(loaded)
     records = execute_suite(loaded, registry, folder, suite_store(loaded, store),
                             RunOptions(**options), executor)

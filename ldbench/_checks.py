@@ -58,6 +58,6 @@ def check_matrix(handle: MatrixHandle, structure: Structure, enabled: bool = Tru
         raise MatrixCheckError(
             f"matrix is declared {structure.value} but is not symmetric: largest "
             f"asymmetry |A[{i},{j}] - A[{j},{i}]| = {value:.3e} (largest entry "
-            f"{scale:.3e}); use a solver for general matrices such as LU, or fix "
-            "the matrix"
+            f"{scale:.3e}); declare the matrix structure 'general' and use a "
+            "solver for general matrices such as LU, or fix the matrix"
         )

@@ -85,6 +85,10 @@ class Registry:
             autoload = False
         if autoload:
             self._load_entry_points()
+            unknown = self.disabled - set(self.plugins)
+            if unknown:
+                logger.warning("cannot disable unknown plugins %s; installed: %s",
+                               sorted(unknown), ", ".join(sorted(self.plugins)))
         for name, plugin in (extra_plugins or {}).items():
             self._register_plugin(name, plugin, PluginStatus(name, "(direct)", ""))
         self._collect("ldbench_register_sources", MatrixSource, self.sources, "sources")

@@ -263,7 +263,15 @@ class Runner:
         source = instantiate_source(self.registry, config)
         if source.describe().logdet is not None:
             return False
-        return self.suite.reference is not None and self.store.reference(source) is None
+        return (self.suite.reference is not None
+                and self.store.reference(source, self._reference_method()) is None)
+
+    def _reference_method(self) -> str | None:
+        """Label of the suite's reference solver, such as ``dense (Cholesky)``."""
+        ref = self.suite.reference
+        if ref is None:
+            return None
+        return f"{ref.name} ({instantiate_solver(self.registry, ref).label()})"
 
     def _reference_all(self, cases: list[Case]) -> None:
         seen: set[str] = set()
@@ -279,12 +287,11 @@ class Runner:
         info = source.describe()
         if info.logdet is not None:
             return {"logabsdet": info.logdet, "sign": info.sign, "method": "closed form"}
-        cached = self.store.reference(source)
+        method = self._reference_method()
+        cached = self.store.reference(source, method)
         if cached is not None or self.suite.reference is None:
             return cached
         ref = self.suite.reference
-        solver = instantiate_solver(self.registry, ref)
-        method = f"{ref.name} ({solver.label()})"
         logger.info("computing the reference log-det of %s with %s", config.id, method)
         outcome = self._run_job(
             self._job("solve", config, solver={"name": ref.name, "params": ref.params},
@@ -300,7 +307,7 @@ class Runner:
         estimate = outcome.result["estimate"]
         self.store.set_reference(source, float(estimate["logabsdet"]),
                                  float(estimate["sign"]), method)
-        return self.store.reference(source)
+        return self.store.reference(source, method)
 
     # Cases ---------------------------------------------------------------------
 
@@ -310,9 +317,12 @@ class Runner:
         try:
             source = instantiate_source(self.registry, case.matrix)
             solver = instantiate_solver(self.registry, case.solver)
-        except Exception as exc:
-            return {**record, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
-        info = source.describe()
+            info = source.describe()
+            order = solver.leading_order(info)
+        except Exception as exc:  # one bad configuration must not stop the run
+            logger.warning("case %s not run: %s: %s", case.id, type(exc).__name__, exc)
+            return {**record, "status": "error", "error": f"{type(exc).__name__}: {exc}",
+                    "finished_at": time.time()}
         record.update(settings=solver.label(), matrix=info.description or case.matrix.id,
                       order=info.order)
         missing = _missing_modules(type(solver).requires + type(source).requires)
@@ -325,7 +335,6 @@ class Runner:
             return {**record, "status": "skipped",
                     "error": f"solver needs a {required.value} matrix but "
                              f"{case.matrix.id!r} is {info.structure.value}"}
-        order = solver.leading_order(info)
         if (case.matrix.id, order) in self._formation_errors:
             return {**record, **self._formation_errors[(case.matrix.id, order)]}
         scratch = self.run_dir / "scratch" / case.id
@@ -377,6 +386,15 @@ class Runner:
                                f"log|det|={logabsdet}: {_spd_hint(sign, logabsdet)}")
         reference = self._references.get(case.matrix.id) or {}
         ref_value = reference.get("logabsdet")
+        ref_sign = reference.get("sign")
+        if (record["status"] == "ok" and ref_sign is not None
+                and result["read_order"] == result["order"]
+                and sign in (-1.0, 0.0, 1.0) and float(ref_sign) in (-1.0, 0.0, 1.0)
+                and sign != float(ref_sign)):
+            record["status"] = "invalid"
+            record["error"] = (f"the solver's sign of det A is {sign:+g} but the reference "
+                               f"({reference.get('method')}) has {float(ref_sign):+g}; one "
+                               "of them is wrong")
         wall = formation["seconds"] + result["solve_seconds"]
         record.update(
             settings=result["solver_label"],
@@ -390,6 +408,7 @@ class Runner:
             interval=estimate["interval"],
             reference_logdet=ref_value,
             reference_method=reference.get("method"),
+            reference_sign=ref_sign,
             rel_error=relative_error(logabsdet, ref_value),
             flops=estimate["flops"],
             tflops=tflops(estimate["flops"]),

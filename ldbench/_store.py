@@ -11,12 +11,15 @@ over files in ``<key>-m<order>.parts``, a folder that must stay beside it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,8 +187,21 @@ class MatrixStore:
         if not 1 <= order <= full:
             raise ValueError(f"order {order} is outside 1..{full} for {source.name!r}")
         path = self.lookup(source, order)
-        if path is None:
-            path = self._form(source, order)
+        if path is not None:
+            try:
+                return self.open(source, path, order)
+            except (OSError, KeyError, ValueError) as exc:
+                # A damaged file is set aside, not served, and formed again.
+                corrupt = path.with_name(path.name + ".corrupt")
+                logger.warning("stored matrix %s cannot be read (%s: %s); moved it to "
+                               "%s and forming it again", path, type(exc).__name__, exc,
+                               corrupt.name)
+                os.replace(path, corrupt)
+        with _lock(self.root / f"{source_key(source)}-m{order}.lock"):
+            # Another process may have formed it while this one waited.
+            path = self.lookup(source, order)
+            if path is None:
+                path = self._form(source, order)
         return self.open(source, path, order)
 
     def open(self, source: MatrixSource, path: Path, order: int) -> StoredMatrix:
@@ -211,6 +227,8 @@ class MatrixStore:
         return StoredMatrix(path, stored_order, order, prorated, "pro-rated")
 
     def _form(self, source: MatrixSource, order: int) -> Path:
+        if order == source.describe().order:
+            self.forget_reference(source)
         key = source_key(source)
         final = self.root / f"{key}-m{order}.h5"
         partial = final.with_name(final.name + ".partial")
@@ -305,12 +323,25 @@ class MatrixStore:
         logger.info("installed %s (%.2f s of formation)", final.name, formation.seconds)
         return final
 
-    def reference(self, source: MatrixSource) -> dict[str, Any] | None:
-        """Return the cached reference log-det of the full matrix, or None."""
+    def reference(
+        self, source: MatrixSource, method: str | None = None
+    ) -> dict[str, Any] | None:
+        """Return the cached reference log-det of the full matrix, or None.
+
+        With ``method``, a value cached by another reference method is ignored,
+        so a suite that asks for a different reference solver computes its own.
+        """
         path = self._reference_path(source)
         if not path.exists():
             return None
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if method is not None and cached.get("method") != method:
+            return None
+        return cached
+
+    def forget_reference(self, source: MatrixSource) -> None:
+        """Drop the cached reference, as when the full matrix is formed again."""
+        self._reference_path(source).unlink(missing_ok=True)
 
     def set_reference(
         self, source: MatrixSource, logabsdet: float, sign: float, method: str
@@ -335,6 +366,18 @@ class MatrixStore:
 
     def _reference_path(self, source: MatrixSource) -> Path:
         return self.root / f"{source_key(source)}.reference.json"
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (fcntl.flock) on ``path``, so two
+    processes never form the same matrix into one partial file."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _open_partial(partial: Path, log: Path, order: int) -> h5py.File:

@@ -143,6 +143,7 @@ def case_id(
     """Return a 12-hex-digit id of a resolved case, independent of key order."""
     payload = json.dumps(
         {
+            "matrix_id": matrix.id,
             "source": matrix.source,
             "matrix": matrix.params,
             "solver": solver.name,
@@ -217,16 +218,32 @@ def load_suite(
     path = Path(path)
     if not path.exists():
         raise SuiteError(f"suite file {str(path)!r} not found")
+    if not path.is_file():
+        raise SuiteError(f"suite {str(path)!r} is not a file; give a TOML suite file "
+                         "such as suites/quickstart.toml")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{path}: not a UTF-8 text file ({exc}); give a TOML suite") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: invalid TOML: {exc}") from exc
     for item in overrides or []:
-        apply_override(raw, item, path)
+        apply_override(raw, item, path, registry)
     return validate(raw, path, registry)
 
 
-def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
+def _declares(registry: Registry | None, entry: dict[str, Any], param: str) -> bool:
+    if registry is None:
+        return True
+    try:
+        return param in registry.solver_class(str(entry.get("name", ""))).parameters
+    except KeyError:
+        return False
+
+
+def apply_override(
+    raw: dict[str, Any], item: str, path: Path, registry: Registry | None = None
+) -> None:
     """Apply one command-line override to the raw suite.
 
     Forms: ``suite.KEY=V``, ``pricing.KEY=V``, ``matrix.PARAM=V`` (every
@@ -254,9 +271,14 @@ def apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
     entries = raw.get(table, [])
     if len(parts) == 2:
         param = parts[1]
-        targets = entries if table == "matrix" else [e for e in entries if param in e]
-        if table == "solver" and not targets:
-            targets = entries
+        targets = entries
+        if table == "solver":
+            targets = [e for e in entries if param in e or _declares(registry, e, param)]
+            if not targets:
+                raise SuiteError(
+                    f"override {item!r}: no [[solver]] in {path} declares parameter "
+                    f"{param!r}; run 'ldbench info SOLVER' to list a solver's parameters"
+                )
     else:
         selector, param = parts[1], parts[2]
         field_name = "id" if table == "matrix" else "name"
@@ -314,9 +336,17 @@ def validate(raw: dict[str, Any], path: Path, registry: Registry) -> Suite:
                 parser(settings[key])
             except ValueError as exc:
                 raise SuiteError(f"{path}: [suite] key {key!r}: {exc}") from exc
-    for key in ("repetitions",):
-        if key in settings and settings[key] < 1:
-            raise SuiteError(f"{path}: [suite] key {key!r} must be at least 1, got {settings[key]}")
+    for key, minimum in (("repetitions", 1), ("warmup", 0)):
+        if key in settings and settings[key] < minimum:
+            raise SuiteError(
+                f"{path}: [suite] key {key!r} must be at least {minimum}, "
+                f"got {settings[key]}"
+            )
+    if "memory_limit" in settings and parse_bytes(settings["memory_limit"]) <= 0:
+        raise SuiteError(
+            f"{path}: [suite] key 'memory_limit' must be positive, got "
+            f"{settings['memory_limit']!r}; leave the key out for no limit"
+        )
     pricing = dict(DEFAULT_PRICING)
     _check_keys(raw.get("pricing", {}), PRICING_KEYS, f"{path}: [pricing]")
     pricing.update(raw.get("pricing", {}))
@@ -338,7 +368,8 @@ def validate(raw: dict[str, Any], path: Path, registry: Registry) -> Suite:
                     hint = f"; did you mean {near[0]!r}?" if near else ""
                     raise SuiteError(
                         f"{path}: [[solver]] {solver.name!r}: key 'matrices' names "
-                        f"unknown matrix {mid!r}{hint}"
+                        f"unknown matrix {mid!r}{hint} (matrix ids: "
+                        f"{', '.join(sorted(base_ids))})"
                     )
             solver.matrices = [m for m in ids if m.split("[")[0] in solver.matrices]
     reference = None
@@ -353,6 +384,8 @@ def validate(raw: dict[str, Any], path: Path, registry: Registry) -> Suite:
         raise SuiteError(f"{path}: no [[matrix]] table; add at least one matrix")
     if not solvers:
         raise SuiteError(f"{path}: no [[solver]] table; add at least one solver")
+    _check_duplicate_solvers(solvers, path)
+    _check_pairs(matrices, solvers, path, registry)
     return Suite(
         path=path,
         name=str(settings.get("name", path.stem)),
@@ -363,6 +396,47 @@ def validate(raw: dict[str, Any], path: Path, registry: Registry) -> Suite:
         reference=reference,
         raw=raw,
     )
+
+
+def _check_duplicate_solvers(solvers: list[SolverConfig], path: Path) -> None:
+    seen: set[str] = set()
+    for solver in solvers:
+        key = json.dumps([solver.name, solver.params, solver.matrices], sort_keys=True,
+                         default=str)
+        if key in seen:
+            raise SuiteError(
+                f"{path}: [[solver]] {solver.name!r} with parameters {solver.params} "
+                "appears twice; remove the duplicate or raise [suite] repetitions"
+            )
+        seen.add(key)
+
+
+def _check_pairs(
+    matrices: list[MatrixConfig], solvers: list[SolverConfig], path: Path,
+    registry: Registry,
+) -> None:
+    """Check each solver against each matrix it runs on, such as FLODANCE's
+    n_s against the matrix's sample count, before any work."""
+    for solver in solvers:
+        matrix_ids = solver.matrices
+        if matrix_ids is not None and not matrix_ids:
+            raise SuiteError(
+                f"{path}: [[solver]] {solver.name!r}: key 'matrices' is empty, so the "
+                "solver would run on nothing; list matrix ids or remove the key"
+            )
+        instance = instantiate_solver(registry, solver)
+        for matrix in matrices:
+            if matrix_ids is not None and matrix.id not in matrix_ids:
+                continue
+            info = instantiate_source(registry, matrix).describe()
+            try:
+                instance.leading_order(info)
+            except (ParameterError, ValueError) as exc:
+                raise SuiteError(
+                    f"{path}: [[solver]] {solver.name!r} on [[matrix]] {matrix.id!r}: "
+                    f"{exc}; restrict the solver with 'matrices = [...]' or change "
+                    "the parameter"
+                ) from exc
 
 
 def _array(raw: dict[str, Any], key: str, path: Path) -> list[dict[str, Any]]:
@@ -385,7 +459,9 @@ def _expand_matrices(
         if "source" not in entry:
             raise SuiteError(f"{where}: missing key 'source' (the matrix source name)")
         name = entry.pop("source")
-        mid = str(entry.pop("id", name))
+        mid = entry.pop("id", name)
+        if not isinstance(mid, str) or not mid:
+            raise SuiteError(f"{where}: key 'id' must be a non-empty string, got {mid!r}")
         where = f"{path}: [[matrix]] {mid!r}"
         if mid in seen:
             raise SuiteError(f"{where}: id {mid!r} is used twice; give each matrix its own id")
@@ -396,7 +472,10 @@ def _expand_matrices(
             raise SuiteError(f"{where}: key 'source': {exc.args[0]}") from exc
         if "data_dir" in settings and "data_dir" in cls.parameters and "data_dir" not in entry:
             entry["data_dir"] = settings["data_dir"]
-        grid = _grid(entry, cls.parameters)
+        try:
+            grid = _grid(entry, cls.parameters)
+        except ParameterError as exc:
+            raise SuiteError(f"{where}: {exc}") from exc
         for params in grid:
             try:
                 source = cls(**params)
@@ -422,7 +501,11 @@ def _expand_solver(entry: dict[str, Any], where: str, registry: Registry) -> lis
     except KeyError as exc:
         raise SuiteError(f"{where}: key 'name': {exc.args[0]}") from exc
     out = []
-    for params in _grid(entry, cls.parameters):
+    try:
+        grid = _grid(entry, cls.parameters)
+    except ParameterError as exc:
+        raise SuiteError(f"{where} ({name}): {exc}") from exc
+    for params in grid:
         try:
             solver = cls(**params)
         except ParameterError as exc:
@@ -439,6 +522,11 @@ def _grid(entry: dict[str, Any], declared: dict[str, Param]) -> list[dict[str, A
         is_grid = isinstance(value, list) and not (
             key in declared and declared[key].kind is list
         )
+        if is_grid and not value:
+            raise ParameterError(
+                f"parameter {key!r} is an empty list, which makes an empty grid; "
+                "give at least one value"
+            )
         axes.append(value if is_grid else [value])
     return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
 

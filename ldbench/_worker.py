@@ -138,6 +138,7 @@ def _solve(job: dict[str, Any], registry: Any, source: Any, store: Any) -> dict[
     context = SolveContext(scratch_dir=scratch, seed=int(job.get("seed", 0)),
                            device=solver.device)
     try:
+        solver.prepare()
         for _ in range(int(job.get("warmup", 0))):
             solver.solve(handle, context)
         io0 = _io_counters()

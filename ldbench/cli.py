@@ -92,15 +92,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     overrides = list(args.set)
     store_arg = args.store
+    if run_dir is not None and overrides:
+        print("error: --resume continues a run with the overrides it started with; "
+              "drop --set, or start a new run folder", file=sys.stderr)
+        return 2
     if run_dir is not None and (run_dir / "run.json").exists():
         # A resumed run keeps the overrides and store of the run it continues.
         saved = json.loads((run_dir / "run.json").read_text())
-        overrides = saved["overrides"] + overrides
+        overrides = saved["overrides"]
         store_arg = store_arg or saved["store"]
     try:
         suite = load_suite(suite_path, registry, overrides)
         timeout = parse_duration(args.timeout) if args.timeout else None
         memory = parse_bytes(args.memory_limit) if args.memory_limit else None
+        if memory is not None and memory <= 0:
+            raise ValueError(f"--memory-limit {args.memory_limit!r} must be positive; "
+                             "leave the option out for no limit")
     except (SuiteError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -137,6 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                        if p.startswith("no:")})},
                          log_level="INFO" if args.verbose else "WARNING")
     print(f"run folder: {run_dir}", file=sys.stderr)
+    args.run_folder = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps(
         {"suite": str(suite_path.resolve()), "overrides": overrides,
@@ -342,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted; finished cases are in the run folder's results.jsonl. "
-              "Continue with: ldbench run --resume RUN_DIR", file=sys.stderr)
+        folder = getattr(args, "run_folder", None) or "RUN_DIR"
+        print(f"interrupted; finished cases are in {folder}/results.jsonl. "
+              f"Continue with: ldbench run --resume {folder}", file=sys.stderr)
         return 130
 
 

@@ -175,3 +175,44 @@ def test_resume_keeps_overrides_and_store(tmp_path, monkeypatch):
     assert kms["order"] == 30
     assert kms["logabsdet"] == pytest.approx(29 * math.log(1 - 0.7**2), rel=1e-12)
     assert not (tmp_path / "default-store").exists()
+
+
+def test_sign_mismatch_with_reference_is_invalid(tmp_path):
+    import numpy as np
+
+    matrix = np.array([[0.0, 1.0], [1.0, 0.0]])
+    np.save(tmp_path / "swap.npy", matrix)
+    path = tmp_path / "sign.toml"
+    path.write_text(textwrap.dedent(f"""
+        [[matrix]]
+        id = "swap"
+        source = "file"
+        path = "{tmp_path / 'swap.npy'}"
+        logdet = 0.0
+        sign = 1.0
+
+        [[solver]]
+        name = "dense"
+        method = "lu"
+    """))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--store",
+                 str(tmp_path / "store")]) == 1
+    (row,) = records(tmp_path / "run")
+    assert row["status"] == "invalid"
+    assert row["sign"] == -1.0
+    assert "sign of det A is -1" in row["error"]
+
+
+def test_python_api_parses_limits(tmp_path):
+    frame = ldbench.run(write_suite(tmp_path), run_dir=tmp_path / "run",
+                        store=tmp_path / "store", overrides=["solver.dense.method=lu"],
+                        timeout="2m", memory_limit="4GB")
+    assert (frame["status"] == "ok").all()
+    with pytest.raises(ValueError, match="must be positive"):
+        ldbench.run(write_suite(tmp_path), run_dir=tmp_path / "run2",
+                    store=tmp_path / "store", memory_limit="0MB")
+
+
+def test_resume_rejects_new_overrides(tmp_path, capsys):
+    assert main(["run", "--resume", str(tmp_path), "--set", "matrix.n=3"]) == 2
+    assert "drop --set" in capsys.readouterr().err

@@ -152,3 +152,29 @@ def test_install_rejects_wrong_shape(tmp_path):
     with pytest.raises(ValueError, match=r"shape \(5, 5\), expected \(6, 6\)"):
         store.install(source, 6, staged, FormationRecord(seconds=1.0, flops=0.0))
     assert store.lookup(source, 6) is None
+
+
+def test_reference_is_per_method_and_dropped_on_reform(tmp_path):
+    store = MatrixStore(tmp_path)
+    store.ensure(kms())
+    store.set_reference(kms(), -12.5, 1.0, "dense (LU)")
+    assert store.reference(kms(), "dense (LU)")["logabsdet"] == -12.5
+    assert store.reference(kms(), "dense (LDL)") is None
+    for path in tmp_path.glob("*.h5"):
+        path.unlink()
+    store.ensure(kms())
+    assert store.reference(kms()) is None
+
+
+def test_damaged_file_is_set_aside_and_formed_again(tmp_path, caplog):
+    store = MatrixStore(tmp_path)
+    path = store.ensure(kms()).path
+    with open(path, "r+b") as f:
+        f.truncate(5000)
+    formed = store.ensure(kms())
+    assert formed.path == path
+    assert path.with_name(path.name + ".corrupt").exists()
+    assert "cannot be read" in caplog.text
+    with h5py.File(path) as f:
+        i, j = np.indices((40, 40))
+        np.testing.assert_array_equal(f["matrix"][...], 0.3 ** np.abs(i - j))

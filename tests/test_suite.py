@@ -106,3 +106,40 @@ def test_parse_duration_and_bytes():
     assert parse_bytes("4GiB") == 4 * 2**30
     with pytest.raises(ValueError, match="'3 parsecs'"):
         parse_duration("3 parsecs")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('[[solver]]\nname = "flodance"\nn_s = 500\n',
+         ["[[solver]] 'flodance' on [[matrix]] 'kms'", "500"]),
+        ('[[solver]]\nname = "dense"\nmethod = ["cholesky", "lu"]\n', ["appears twice"]),
+        ('[[solver]]\nname = "slq"\nmatrices = []\n', ["'matrices' is empty"]),
+        ('[[solver]]\nname = "slq"\nsamples = []\n', ["'samples' is an empty list"]),
+    ],
+)
+def test_suite_rejects_before_work(tmp_path, registry, extra, expected):
+    text = BASE.replace("n = 50", "n = 50\nblock_size = 5") + "\n" + extra
+    with pytest.raises(SuiteError) as info:
+        load_suite(write(tmp_path, text), registry)
+    for part in expected:
+        assert part in str(info.value)
+
+
+def test_solver_override_targets_declaring_solvers(tmp_path, registry):
+    text = BASE + '\n[[solver]]\nname = "flodance"\nn_s = 5\n'
+    text = text.replace("n = 50", "n = 50\nblock_size = 5")
+    suite = load_suite(write(tmp_path, text), registry, ["solver.n_s=4"])
+    flodance = [s for s in suite.solvers if s.name == "flodance"]
+    assert [s.params["n_s"] for s in flodance] == [4]
+    with pytest.raises(SuiteError, match="no \\[\\[solver\\]\\] .* declares parameter 'nope'"):
+        load_suite(write(tmp_path, text), registry, ["solver.nope=4"])
+
+
+def test_suite_path_must_be_file(tmp_path, registry):
+    with pytest.raises(SuiteError, match="is not a file"):
+        load_suite(tmp_path, registry)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(SuiteError, match="binary.toml: not a UTF-8 text file"):
+        load_suite(binary, registry)

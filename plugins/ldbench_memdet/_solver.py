@@ -120,6 +120,10 @@ class MemdetSolver(Solver):
             return 2.0 * cube / 3.0
         return cube / 3.0
 
+    def prepare(self) -> None:
+        """Import detkit outside the timed solve, keeping signal handlers."""
+        import_memdet()
+
     def solve(self, matrix: MatrixHandle, context: SolveContext) -> Estimate:
         """Run memdet on the readable block of ``matrix``.
 
