@@ -1,0 +1,167 @@
+"""Block grid of the out-of-core factorisation and its analytic I/O volume.
+
+The matrix of order m is split into n_b block rows and columns whose orders
+differ by at most one (the first ``m mod n_b`` blocks are one row larger).
+Blocks are addressed as (i, j) = (block row, block column).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+ITEMSIZE = 8  # bytes of a float64 entry
+
+#: Methods whose trailing matrix is symmetric, so only blocks i >= j are kept.
+SYMMETRIC_METHODS = ("cholesky", "ldl")
+METHODS = ("cholesky", "ldl", "lu")
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Orders and offsets of the n_b x n_b block grid of a matrix.
+
+    Attributes
+    ----------
+    order
+        Matrix order m.
+    sizes
+        Order of each block row, ``len(sizes) == n_b``, summing to m.
+    """
+
+    order: int
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def split(cls, order: int, num_blocks: int) -> BlockGrid:
+        """Split ``order`` into ``num_blocks`` blocks whose orders differ by <= 1."""
+        if not 1 <= num_blocks <= order:
+            raise ValueError(
+                f"num_blocks={num_blocks} must be between 1 and the order {order}"
+            )
+        base, extra = divmod(order, num_blocks)
+        sizes = tuple(base + 1 if index < extra else base for index in range(num_blocks))
+        return cls(order, sizes)
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of block rows n_b."""
+        return len(self.sizes)
+
+    @property
+    def max_size(self) -> int:
+        """Order of the largest block."""
+        return max(self.sizes)
+
+    def offset(self, index: int) -> int:
+        """Return the first row of block row ``index``."""
+        return sum(self.sizes[:index])
+
+    def nbytes(self, i: int, j: int) -> int:
+        """Return the bytes of block (i, j) in float64."""
+        return ITEMSIZE * self.sizes[i] * self.sizes[j]
+
+
+@dataclass(frozen=True)
+class IOVolume:
+    """Bytes moved by one complete factorisation.
+
+    Attributes
+    ----------
+    source_read
+        Bytes read from the input matrix (each needed block once).
+    scratch_read
+        Bytes read back from the scratch files.
+    scratch_written
+        Bytes written to the scratch files.
+    """
+
+    source_read: int
+    scratch_read: int
+    scratch_written: int
+
+
+def io_volume(grid: BlockGrid, method: str) -> IOVolume:
+    """Return the bytes that a run without resumption reads and writes.
+
+    Step k of the symmetric methods (Cholesky, LDL) reads the diagonal block,
+    the panel blocks (i, k) for i > k and the trailing blocks (i, j) for
+    i >= j > k, and it reads each transformed panel block (j, k) once more for
+    every block row i > j. It writes the panel block (i, k) for
+    k < i < n_b - 1 and every trailing block. LU reads and writes the full
+    trailing square, writes the row panel (k, j) for j > k and reads it back
+    once per block row i > k. Step 0 reads from the input, the other steps
+    from scratch.
+    """
+    count = grid.num_blocks
+    nbytes = grid.nbytes
+    source = scratch_read = written = 0
+    for k in range(count):
+        rest = range(k + 1, count)
+        if method in SYMMETRIC_METHODS:
+            trailing = [(i, j) for i in range(k, count) for j in range(k, i + 1)]
+            rereads = [(j, k) for i in rest for j in range(k + 1, i)]
+            writes = [(i, k) for i in range(k + 1, count - 1)]
+            writes += [(i, j) for i in rest for j in range(k + 1, i + 1)]
+        else:
+            trailing = [(i, j) for i in range(k, count) for j in range(k, count)]
+            rereads = [(k, j) for _ in rest for j in rest]
+            writes = [(k, j) for j in rest]
+            writes += [(i, j) for i in rest for j in rest]
+        trailing_bytes = sum(nbytes(i, j) for i, j in trailing)
+        if k == 0:
+            source += trailing_bytes
+        else:
+            scratch_read += trailing_bytes
+        scratch_read += sum(nbytes(i, j) for i, j in rereads)
+        written += sum(nbytes(i, j) for i, j in writes)
+    return IOVolume(source, scratch_read, written)
+
+
+def pool_blocks(method: str) -> int:
+    """Return how many block buffers the pipeline allocates.
+
+    The compute loop holds at most four blocks at once (the factored diagonal
+    block, the current panel block, a re-read panel block and the block being
+    updated). Two more let the next block be read and the previous one be
+    written while BLAS works on the current ones.
+    """
+    return 6
+
+
+def workspace_blocks(method: str) -> int:
+    """Return the block-sized temporaries the kernels allocate besides the pool.
+
+    Cholesky needs none. LDL keeps ``W D^-1`` of the current panel block and
+    scipy's ``ldl`` returns two full blocks (factor and D). LU permutes panel
+    rows through one temporary block.
+    """
+    return {"cholesky": 0, "ldl": 3, "lu": 1}[method]
+
+
+def memory_bytes(grid: BlockGrid, method: str) -> int:
+    """Return the memory that block buffers and kernel temporaries take, in bytes."""
+    blocks = pool_blocks(method) + workspace_blocks(method)
+    return blocks * ITEMSIZE * grid.max_size**2
+
+
+def choose_num_blocks(
+    order: int, method: str, budget_bytes: int, max_block_order: int
+) -> int:
+    """Return the smallest n_b whose blocks fit ``budget_bytes`` and whose
+    largest block has order at most ``max_block_order``.
+
+    Raises
+    ------
+    ValueError
+        When even 1 x 1 blocks exceed the budget.
+    """
+    blocks = pool_blocks(method) + workspace_blocks(method)
+    largest = math.isqrt(max(budget_bytes, 0) // (blocks * ITEMSIZE))
+    largest = min(largest, max_block_order)
+    if largest < 1:
+        raise ValueError(
+            f"a memory budget of {budget_bytes} bytes cannot hold {blocks} blocks "
+            "of order 1"
+        )
+    return min(order, -(-order // largest))

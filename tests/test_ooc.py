@@ -1,0 +1,474 @@
+"""The ooc solver: closed forms, agreement with LAPACK, I/O volume, resumption."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.linalg
+
+from ldbench import MatrixHandle, MatrixInfo, ParameterError, SolveContext, SolverError
+from ldbench import Structure
+from ldbench.testing import CHECKS, ConformanceError, run_check
+from ldbench_ooc import (
+    BlockGrid,
+    MatrixInput,
+    OocSolver,
+    factorize,
+    input_from_file,
+    io_volume,
+)
+
+DEVICES = ("cpu", "torch-cpu")
+METHODS = ("cholesky", "ldl", "lu")
+RTOL = 1e-12
+
+
+def kms(order: int, rho: float) -> np.ndarray:
+    index = np.arange(order)
+    return rho ** np.abs(index[:, None] - index[None, :])
+
+
+def with_spectrum(eigenvalues: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Return Q diag(eigenvalues) Q^T for a random orthogonal Q."""
+    order = eigenvalues.size
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((order, order)))
+    return (q * eigenvalues) @ q.T
+
+
+def solve(handle_factory, array, tmp_path, structure=Structure.GENERAL, **params):
+    handle = handle_factory(array, structure=structure)
+    try:
+        return OocSolver(**params).solve(handle, SolveContext(scratch_dir=tmp_path / "s"))
+    finally:
+        handle.close()
+
+
+def relative(value: float, exact: float) -> float:
+    return abs(value - exact) / abs(exact)
+
+
+# Closed forms ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("num_blocks", [1, 3, 5])
+def test_kms_closed_form(handle_factory, tmp_path, device, method, num_blocks):
+    order, rho = 101, 0.6  # 101 is divisible by none of 3 and 5
+    estimate = solve(handle_factory, kms(order, rho), tmp_path, method=method,
+                     num_blocks=num_blocks, device=device)
+    exact = (order - 1) * math.log(1.0 - rho**2)
+    assert relative(estimate.logabsdet, exact) < RTOL
+    assert estimate.sign == 1.0
+    assert estimate.details["num_blocks"] == num_blocks
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", METHODS)
+def test_scaled_identity_closed_form(handle_factory, tmp_path, device, method):
+    order, scale = 97, 2.5
+    estimate = solve(handle_factory, scale * np.eye(order), tmp_path, method=method,
+                     num_blocks=4, device=device)
+    assert relative(estimate.logabsdet, order * math.log(scale)) < RTOL
+    assert estimate.sign == 1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["ldl", "lu"])
+def test_indefinite_spectrum_sign(handle_factory, tmp_path, device, method):
+    # Three negative eigenvalues make det < 0.
+    eigenvalues = np.geomspace(1e-2, 1e3, 90)
+    eigenvalues[[3, 40, 77]] *= -1
+    estimate = solve(handle_factory, with_spectrum(eigenvalues), tmp_path,
+                     method=method, num_blocks=4, device=device)
+    exact = float(np.sum(np.log(np.abs(eigenvalues))))
+    assert relative(estimate.logabsdet, exact) < 1e-11
+    assert estimate.sign == -1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", METHODS)
+def test_positive_spectrum(handle_factory, tmp_path, device, method):
+    eigenvalues = np.linspace(0.05, 3.0, 120)
+    estimate = solve(handle_factory, with_spectrum(eigenvalues, seed=1), tmp_path,
+                     method=method, num_blocks=7, device=device)
+    exact = float(np.sum(np.log(eigenvalues)))
+    assert relative(estimate.logabsdet, exact) < 1e-11
+    assert estimate.sign == 1.0
+
+
+# Agreement with scipy --------------------------------------------------------
+
+
+def random_matrices(order: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    g = rng.standard_normal((order, order))
+    return {
+        "cholesky": g @ g.T / order + np.eye(order),
+        "ldl": g + g.T,
+        "lu": g,
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_scipy(handle_factory, tmp_path, device, method):
+    array = random_matrices(300)[method]
+    sign, expected = np.linalg.slogdet(array)
+    if method == "lu":
+        factor, _ = scipy.linalg.lu_factor(array)
+        expected = float(np.sum(np.log(np.abs(np.diagonal(factor)))))
+    estimate = solve(handle_factory, array, tmp_path, method=method, num_blocks=6,
+                     device=device)
+    assert relative(estimate.logabsdet, expected) < RTOL
+    assert estimate.sign == sign
+
+
+def test_leading_block_of_larger_dataset(tmp_path):
+    array = random_matrices(120)["cholesky"]
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("matrix", data=array)
+    info = MatrixInfo(order=120, structure=Structure.SPD)
+    handle = MatrixHandle(path, info, order=77)
+    estimate = OocSolver(method="cholesky", num_blocks=3).solve(
+        handle, SolveContext(scratch_dir=tmp_path / "s"))
+    handle.close()
+    _, expected = np.linalg.slogdet(array[:77, :77])
+    assert relative(estimate.logabsdet, expected) < RTOL
+    assert estimate.read_order == 77
+    grid = BlockGrid.split(77, 3)
+    assert estimate.details["bytes_read_input"] == io_volume(grid, "cholesky").source_read
+
+
+def test_npy_file_input(tmp_path):
+    array = random_matrices(90)["lu"]
+    np.save(tmp_path / "a.npy", array)
+    source, close = input_from_file(tmp_path / "a.npy")
+    try:
+        result = factorize(source, "lu", 4, tmp_path / "work")
+    finally:
+        close()
+    _, expected = np.linalg.slogdet(array)
+    assert relative(result.logabsdet, expected) < RTOL
+    assert not (tmp_path / "work").exists()
+
+
+# I/O volume ------------------------------------------------------------------
+
+
+def closed_form_blocks(method: str, n: int) -> tuple[int, int, int]:
+    """Blocks read from the input, read from scratch and written, for equal
+    blocks (the formulas of docs/ooc.md)."""
+    if method in ("cholesky", "ldl"):
+        source = n * (n + 1) // 2
+        scratch_read = n * (n - 1) * (2 * n - 1) // 6
+        written = (n - 1) * (n - 2) // 2 + (n + 1) * n * (n - 1) // 6
+    else:
+        source = n * n
+        scratch_read = 2 * (n - 1) * n * (2 * n - 1) // 6
+        written = n * (n - 1) // 2 + (n - 1) * n * (2 * n - 1) // 6
+    return source, scratch_read, written
+
+
+def summed_bytes(method: str, sizes: list[int]) -> tuple[int, int, int]:
+    """The per-step sums of docs/ooc.md for blocks of unequal order."""
+    n = len(sizes)
+    s = [[8 * sizes[i] * sizes[j] for j in range(n)] for i in range(n)]
+    source = scratch_read = written = 0
+    for k in range(n):
+        if method in ("cholesky", "ldl"):
+            trailing = sum(s[i][j] for i in range(k, n) for j in range(k, i + 1))
+            scratch_read += sum((n - 1 - j) * s[j][k] for j in range(k + 1, n))
+            written += sum(s[i][k] for i in range(k + 1, n - 1))
+            written += sum(s[i][j] for i in range(k + 1, n) for j in range(k + 1, i + 1))
+        else:
+            trailing = sum(s[i][j] for i in range(k, n) for j in range(k, n))
+            scratch_read += (n - 1 - k) * sum(s[k][j] for j in range(k + 1, n))
+            written += sum(s[k][j] for j in range(k + 1, n))
+            written += sum(s[i][j] for i in range(k + 1, n) for j in range(k + 1, n))
+        if k == 0:
+            source += trailing
+        else:
+            scratch_read += trailing
+    return source, scratch_read, written
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_io_bytes_equal_blocks(handle_factory, tmp_path, method):
+    order, n = 240, 6
+    array = random_matrices(order)[method]
+    details = solve(handle_factory, array, tmp_path, method=method,
+                    num_blocks=n).details
+    block = 8 * (order // n) ** 2
+    source, scratch_read, written = closed_form_blocks(method, n)
+    assert details["bytes_read_input"] == source * block
+    assert details["bytes_read_scratch"] == scratch_read * block
+    assert details["bytes_written"] == written * block
+    assert details["bytes_read"] == (source + scratch_read) * block
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", METHODS)
+def test_io_bytes_unequal_blocks(handle_factory, tmp_path, device, method):
+    order = 203  # 9 blocks: five of order 23 and four of order 22
+    for n, sizes in ((7, [29] * 7), (9, [23] * 5 + [22] * 4)):
+        array = random_matrices(order)[method]
+        details = solve(handle_factory, array, tmp_path, method=method,
+                        num_blocks=n, device=device).details
+        source, scratch_read, written = summed_bytes(method, sizes)
+        assert details["bytes_read_input"] == source
+        assert details["bytes_read_scratch"] == scratch_read
+        assert details["bytes_written"] == written
+
+
+# Parameters, memory budget, cleanup --------------------------------------------
+
+
+def test_memory_budget_sets_block_count():
+    # Cholesky keeps 6 block buffers of 8 b^2 bytes: 1 MiB allows b <= 147.
+    solver = OocSolver(method="cholesky", memory_mb=1.0)
+    assert solver.num_blocks(1000) == 7
+    # LDL adds 3 block temporaries: 9 blocks allow b <= 120.
+    assert OocSolver(method="ldl", memory_mb=1.0).num_blocks(1000) == 9
+    assert OocSolver(method="lu", memory_mb=1.0, max_block_order=50).num_blocks(1000) == 20
+
+
+def test_memory_budget_bounds_block_memory(handle_factory, tmp_path):
+    array = random_matrices(400)["cholesky"]
+    details = solve(handle_factory, array, tmp_path, method="cholesky",
+                    memory_mb=1.0).details
+    assert details["num_blocks"] == 3
+    assert details["block_size"] == 134
+    assert details["block_memory_bytes"] <= 2**20
+
+
+def test_block_order_above_limit_rejected():
+    solver = OocSolver(method="lu", num_blocks=2, max_block_order=100)
+    with pytest.raises(ParameterError, match="num_blocks >= 3"):
+        solver.num_blocks(250)
+    with pytest.raises(ParameterError, match="exceeds the matrix order"):
+        OocSolver(num_blocks=30).num_blocks(20)
+
+
+def test_scratch_removed_after_success(handle_factory, tmp_path):
+    solve(handle_factory, np.eye(50) * 3, tmp_path, method="lu", num_blocks=5)
+    assert list((tmp_path / "s").iterdir()) == []
+
+
+def test_indefinite_cholesky_raises_and_cleans(handle_factory, tmp_path):
+    array = with_spectrum(np.array([1.0] * 30 + [-1.0] * 30))
+    with pytest.raises(SolverError, match="not positive definite"):
+        solve(handle_factory, array, tmp_path, method="cholesky", num_blocks=3,
+              checkpoint_dir=str(tmp_path / "ckpt"))
+    assert list((tmp_path / "ckpt").iterdir()) == []
+    assert not (tmp_path / "s").exists()
+
+
+def test_nan_entry_raises(handle_factory, tmp_path):
+    array = np.eye(40)
+    array[30, 5] = np.nan
+    with pytest.raises(SolverError, match=r"entry \(30, 5\) is nan"):
+        solve(handle_factory, array, tmp_path, method="lu", num_blocks=4)
+
+
+def test_singular_one_block_gives_minus_inf(handle_factory, tmp_path):
+    array = np.ones((20, 20))
+    estimate = solve(handle_factory, array, tmp_path, method="lu", num_blocks=1)
+    assert estimate.logabsdet == -math.inf
+    assert estimate.sign == 0.0
+
+
+def test_zero_pivot_across_blocks_raises(handle_factory, tmp_path):
+    # [[0, I], [I, 0]] is nonsingular, but its first diagonal block is zero.
+    array = np.block([[np.zeros((4, 4)), np.eye(4)], [np.eye(4), np.zeros((4, 4))]])
+    with pytest.raises(SolverError, match="exactly zero pivot at row 0"):
+        solve(handle_factory, array, tmp_path, method="lu", num_blocks=2)
+
+
+# Conformance kit ---------------------------------------------------------------
+
+# LDL reads one triangle and trusts the declared structure, as memdet's does.
+_ONE_TRIANGLE = {("ldl", "unsupported-structure")}
+
+
+@pytest.mark.parametrize("check", CHECKS)
+@pytest.mark.parametrize("method", METHODS)
+def test_conformance(method, check, tmp_path):
+    params = {"method": method, "num_blocks": 3}
+    if (method, check) in _ONE_TRIANGLE:
+        with pytest.raises(ConformanceError):
+            run_check(OocSolver, check, params=params, rtol=1e-10, workdir=tmp_path)
+        return
+    run_check(OocSolver, check, params=params, rtol=1e-10, workdir=tmp_path)
+
+
+# Checkpoints and resumption ------------------------------------------------------
+
+
+class FailingInput(MatrixInput):
+    """Input whose reads fail with OSError after ``limit`` blocks."""
+
+    def __init__(self, array: np.ndarray, limit: int) -> None:
+        super().__init__(array, array.shape[0], "failing-input")
+        self.limit = limit
+
+    def read_into(self, grid, slot, buffer):
+        self.limit -= 1
+        if self.limit < 0:
+            raise OSError("simulated read failure")
+        super().read_into(grid, slot, buffer)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", METHODS)
+def test_resume_after_failure(tmp_path, device, method):
+    array = random_matrices(160)[method]
+    workdir = tmp_path / "work"
+    full = factorize(MatrixInput(array, 160, "input"), method, 5,
+                     tmp_path / "other", device=device)
+    with pytest.raises(OSError, match="simulated"):
+        factorize(MatrixInput(array, 160, "input"), method, 5, workdir,
+                  device=device, keep_on_failure=True, on_step=_raise_at(2))
+    assert (workdir / "state.json").exists()
+    resumed = factorize(MatrixInput(array, 160, "input"), method, 5,
+                        workdir, device=device)
+    assert resumed.details["resumed_from_step"] == 3
+    assert resumed.logabsdet == full.logabsdet
+    assert resumed.sign == full.sign
+    assert not workdir.exists()
+
+
+def _raise_at(step: int):
+    def on_step(k: int, count: int) -> None:
+        if k == step:
+            raise OSError("simulated failure after a checkpoint")
+
+    return on_step
+
+
+def test_failure_without_keep_removes_workdir(tmp_path):
+    array = random_matrices(100)["lu"]
+    with pytest.raises(OSError):
+        factorize(FailingInput(array, limit=3), "lu", 4, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
+def test_mismatched_checkpoint_is_ignored(tmp_path):
+    array = random_matrices(100)["cholesky"]
+    workdir = tmp_path / "work"
+    with pytest.raises(OSError):
+        factorize(MatrixInput(array, 100, "a"), "cholesky", 4, workdir,
+                  keep_on_failure=True, on_step=_raise_at(1))
+    other = array + np.eye(100)
+    result = factorize(MatrixInput(other, 100, "b"), "cholesky", 4, workdir)
+    _, expected = np.linalg.slogdet(other)
+    assert result.details["resumed_from_step"] == 0
+    assert relative(result.logabsdet, expected) < RTOL
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from ldbench_ooc import factorize, input_from_file
+
+    def on_step(k, count):
+        print(f"done {k}", flush=True)
+
+    source, close = input_from_file(Path(sys.argv[1]))
+    result = factorize(source, sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]),
+                       keep_on_failure=True, on_step=on_step)
+    print(f"logdet {result.logabsdet!r}", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sigkill_midway_then_resume(tmp_path, method):
+    order, blocks = 1600, 8
+    array = random_matrices(order)[method]
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("matrix", data=array)
+    workdir = tmp_path / "work"
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), method, str(blocks), str(workdir)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        line = child.stdout.readline()
+        while line and line.strip() != "done 2":
+            line = child.stdout.readline()
+        assert line.strip() == "done 2", "the child finished or failed before step 2"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    assert (workdir / "state.json").exists()
+
+    source, close = input_from_file(path)
+    try:
+        resumed = factorize(source, method, blocks, workdir)
+        reference = factorize(source, method, blocks, tmp_path / "fresh")
+    finally:
+        close()
+    assert 3 <= resumed.details["resumed_from_step"] < blocks
+    assert resumed.logabsdet == reference.logabsdet
+    assert resumed.sign == reference.sign
+    _, expected = np.linalg.slogdet(array)
+    assert relative(resumed.logabsdet, expected) < RTOL
+
+
+def test_checkpoint_dir_emptied_after_success(handle_factory, tmp_path):
+    array = random_matrices(120)["ldl"]
+    handle = handle_factory(array, structure=Structure.SYMMETRIC)
+    checkpoint = tmp_path / "ckpt"
+    solver = OocSolver(method="ldl", num_blocks=4, checkpoint_dir=str(checkpoint))
+    first = solver.solve(handle, SolveContext(scratch_dir=tmp_path / "a"))
+    assert first.details["resumed_from_step"] == 0
+    assert list(checkpoint.iterdir()) == []
+    handle.close()
+
+
+# Large order ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_order_16384_kms_cholesky(tmp_path):
+    """An order where one in-core LAPACK call would exceed max_block_order."""
+    order, rho = 16384, 0.5
+    path = tmp_path / "kms.h5"
+    index = np.arange(order)
+    powers = rho**index
+    with h5py.File(path, "w") as f:
+        dataset = f.create_dataset("matrix", (order, order), dtype="f8",
+                                   chunks=(512, 512))
+        for row in range(0, order, 2048):
+            rows = index[row : row + 2048]
+            dataset[row : row + 2048, :] = powers[np.abs(rows[:, None] - index[None, :])]
+    handle = MatrixHandle(path, MatrixInfo(order=order, structure=Structure.SPD))
+    started = time.perf_counter()
+    estimate = OocSolver(method="cholesky").solve(
+        handle, SolveContext(scratch_dir=tmp_path / "s"))
+    seconds = time.perf_counter() - started
+    handle.close()
+    exact = (order - 1) * math.log(1.0 - rho**2)
+    assert relative(estimate.logabsdet, exact) < RTOL
+    assert estimate.details["max_lapack_order"] <= 8192
+    assert estimate.details["num_blocks"] >= 2
+    print(f"order {order}: {seconds:.1f} s, {estimate.details['gflops_effective']:.1f} "
+          "GFLOP/s")
