@@ -38,6 +38,9 @@ class RunOptions:
         Per-case resident-memory cap in bytes, overriding the suite's.
     resume
         Skip cases that already have a finished record in the run folder.
+    retry_failed
+        With ``resume``, run again the cases whose record failed (error,
+        timeout, crash, out of memory, invalid, not installed).
     check
         Run the matrix checks (finiteness, symmetry) before each solve.
     registry
@@ -49,6 +52,7 @@ class RunOptions:
     timeout: float | None = None
     memory_limit: int | None = None
     resume: bool = False
+    retry_failed: bool = False
     check: bool = True
     registry: dict[str, Any] = field(default_factory=dict)
     log_level: str = "WARNING"
@@ -119,7 +123,13 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
             records.append(_decode(json.loads(line)))
         except json.JSONDecodeError:
             logger.warning("%s line %d is incomplete and was ignored", path, number)
-    return records
+    # A case retried with --retry-failed has several records: the last one wins,
+    # in the position of the first.
+    latest = {r.get("case_id"): r for r in records}
+    ordered: dict[Any, dict[str, Any]] = {}
+    for record in records:
+        ordered.setdefault(record.get("case_id"), latest[record.get("case_id")])
+    return list(ordered.values())
 
 
 class Runner:
@@ -179,7 +189,8 @@ class Runner:
         cases = self.suite.cases()
         if not self.options.resume:
             return cases
-        done = {r["case_id"] for r in read_records(self.run_dir)}
+        done = {r["case_id"] for r in read_records(self.run_dir)
+                if not (self.options.retry_failed and r.get("status") in FAILED)}
         return [c for c in cases if c.id not in done]
 
     def run(self) -> list[dict[str, Any]]:

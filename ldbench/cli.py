@@ -56,9 +56,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     reg = table[args.name]
     kind = "solver" if table is registry.solvers else "source"
     print(f"{kind} {args.name!r} from plugin {reg.plugin!r} ({reg.distribution} {reg.version})")
-    doc = (cls.__doc__ or "").strip().splitlines()
-    if doc:
-        print(f"  {doc[0]}")
+    paragraph = (cls.__doc__ or "").strip().split("\n\n")[0]
+    if paragraph:
+        print(f"  {' '.join(paragraph.split())}")
     if kind == "solver":
         print(f"  structures: {', '.join(sorted(s.value for s in cls.structures))}")
         print(f"  device: {cls.device}; stochastic: {cls.stochastic}")
@@ -139,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run_dir is None:
         run_dir = Path(args.out) if args.out else new_run_dir(suite)
     options = RunOptions(timeout=timeout, memory_limit=memory, resume=args.resume is not None,
+                         retry_failed=args.retry_failed,
                          check=not args.no_check,
                          registry={"disabled": sorted({p[3:] for p in (args.plugin or [])
                                                        if p.startswith("no:")})},
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", help="per-case resident memory cap, e.g. 4GB")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run folder, running only unfinished cases")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --resume, run failed cases again as well")
     p.add_argument("--dry-run", action="store_true",
                    help="print the expanded cases and which matrices are stored")
     p.add_argument("--allow-failures", action="store_true",

@@ -216,3 +216,18 @@ def test_python_api_parses_limits(tmp_path):
 def test_resume_rejects_new_overrides(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path), "--set", "matrix.n=3"]) == 2
     assert "drop --set" in capsys.readouterr().err
+
+
+def test_resume_retry_failed_reruns_failures(tmp_path):
+    from ldbench._runner import read_records
+
+    assert run_file_suite(tmp_path, "spd", "spd") == 1
+    run_dir = tmp_path / "spd"
+    # Nothing runs again, but the run still contains failures.
+    assert main(["run", "--resume", str(run_dir)]) == 1
+    assert len(records(run_dir)) == 2
+    assert main(["run", "--resume", str(run_dir), "--retry-failed"]) == 1
+    assert len(records(run_dir)) == 4
+    latest = read_records(run_dir)
+    assert [r["status"] for r in latest] == ["error", "invalid"]
+    assert latest[0]["finished_at"] > records(run_dir)[0]["finished_at"]
