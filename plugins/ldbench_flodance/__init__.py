@@ -13,10 +13,16 @@ from collections.abc import Callable
 
 from ldbench import hookimpl
 
-from ._fit import ScalingFit, fit_scaling_law, laurent_sums
+from ._fit import FitSettings, ScalingFit, fit_scaling_law, laurent_sums
 from ._solver import FlodanceSolver
 
-__all__ = ["FlodanceSolver", "ScalingFit", "fit_scaling_law", "laurent_sums"]
+__all__ = [
+    "FitSettings",
+    "FlodanceSolver",
+    "ScalingFit",
+    "fit_scaling_law",
+    "laurent_sums",
+]
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from ldbench import SolverError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LeadingCurve", "leading_logdets"]
+__all__ = ["LeadingCurve", "PseudoLogdet", "leading_logdets", "pseudo_logdet"]
 
 
 @dataclass
@@ -130,3 +130,50 @@ def _ldl_pivots(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # 0..i onto itself, which holds exactly when max(perm[:i+1]) == i.
     known &= np.maximum.accumulate(perm) == np.arange(order)
     return logs, signs, known
+
+
+@dataclass
+class PseudoLogdet:
+    """Natural log of the pseudo-determinant of a positive semi-definite matrix.
+
+    Attributes
+    ----------
+    logdet
+        Sum of ``log(lambda)`` over the eigenvalues above ``threshold``.
+    rank
+        Number of those eigenvalues, the numerical rank.
+    threshold
+        ``max(lambda) * order * eps``; smaller eigenvalues count as zero.
+    """
+
+    logdet: float
+    rank: int
+    threshold: float
+
+
+def pseudo_logdet(block: np.ndarray) -> PseudoLogdet:
+    """Return the log pseudo-determinant of a symmetric PSD ``block``.
+
+    An NTK ``J J^T`` of a network with P parameters and m > P rows has rank
+    at most P, so its determinant is 0. The pseudo-determinant, the product
+    of its nonzero eigenvalues, is the determinant restricted to the range.
+    Eigenvalues at or below ``max(lambda) * order * eps`` count as zero, the
+    tolerance ``numpy.linalg.matrix_rank`` uses.
+
+    Raises
+    ------
+    SolverError
+        When an eigenvalue below ``-threshold`` shows that the block is
+        indefinite rather than semi-definite.
+    """
+    eigenvalues = scipy.linalg.eigvalsh(block, overwrite_a=True, check_finite=False)
+    largest = float(np.max(np.abs(eigenvalues)))
+    threshold = largest * block.shape[0] * np.finfo(np.float64).eps
+    if eigenvalues[0] < -threshold:
+        raise SolverError(
+            f"matrix of order {block.shape[0]} has the negative eigenvalue "
+            f"{eigenvalues[0]:.3g}, so it is indefinite and has no "
+            "pseudo-determinant as a PSD matrix; use method='ldl'"
+        )
+    nonzero = eigenvalues[eigenvalues > threshold]
+    return PseudoLogdet(float(np.sum(np.log(nonzero))), int(nonzero.size), threshold)

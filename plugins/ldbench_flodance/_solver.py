@@ -22,21 +22,29 @@ from ldbench import (
 )
 
 from ._curve import LeadingCurve, leading_logdets
-from ._fit import ScalingFit, fit_scaling_law
+from ._curve import pseudo_logdet
+from ._fit import FitSettings, ScalingFit, fit_scaling_law
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FlodanceSolver"]
 
 #: Default start of the fitting window as a fraction of n_s. On MLP NTKs of
-#: the scikit-learn digits (n = 300..500 samples, d = 10, n_s = n/4), windows
-#: from 0.05*n_s gave a lower maximum relative error with q = 0 than windows
-#: from 0.1, 0.2, 0.3 or 0.5 times n_s. The default q = 0 was chosen the same
-#: way, because q = 1 and q = 2 extrapolated worse at n/n_s = 4.
-DEFAULT_N0_FRACTION = 0.05
+#: the scikit-learn digits (n = 600, d = 10, P = 65,010) and Matern kernels
+#: (n = 800, d = 10, nu = 1.5, length scales 0.1 to 0.5), the increment fit
+#: with q = 0 had a lower mean relative error from 0.2*n_s than from
+#: 0.05*n_s, at n_s = n/4 and at n_s = n/10.
+DEFAULT_N0_FRACTION = 0.2
+
+#: Assumed factorisation rate of the budget mode when 'gflops' is not set, in
+#: 10**9 flop/s: a conservative figure for a few cores of a current CPU.
+DEFAULT_GFLOPS = 10.0
 
 #: Maximum number of points of the l_k curve stored in the details.
 CURVE_POINTS = 200
+
+#: Points of the fitted law stored between n_s and n, for the plot.
+EXTRAPOLATION_POINTS = 50
 
 
 class FlodanceSolver(Solver):
@@ -45,20 +53,21 @@ class FlodanceSolver(Solver):
 
     One factorisation of the leading ``m_s = n_s * d`` block gives
     ``l_k = log det K_k`` for every ``k <= n_s`` samples. A least-squares fit
-    of ``l_k ~ a + b*k - sum_j nu_j * sum_{i<=k} log(i) / i**j`` on
-    ``k = n0..n_s`` is evaluated at the matrix's sample count n. Only the
-    leading block is read, so the cost is ``m_s**3 / 3`` flops plus the fit
-    instead of ``m**3 / 3``.
+    of the increments ``l_k - l_(k-1) ~ b - sum_j nu_j * log(k) / k**j`` on
+    ``k = n0+1..n_s``, summed from the exact ``l_(n_s)``, is evaluated at the
+    matrix's sample count n. Only the leading block is read, so the cost is
+    ``m_s**3 / 3`` flops plus the fit instead of ``m**3 / 3``.
     """
 
     name = "flodance"
-    version = "1"
+    # 2: increment fit anchored at l_(n_s), held-out misfit in the interval.
+    version = "2"
     parameters: ClassVar[dict[str, Param]] = {
         "n_s": Param(
             None,
             int,
-            "Samples in the factorised leading block (count); required unless "
-            "'fraction' is set.",
+            "Samples in the factorised leading block (count); set this, "
+            "'fraction', 'budget_flops' or 'budget_seconds'.",
             minimum=1,
         ),
         "fraction": Param(
@@ -75,12 +84,72 @@ class FlodanceSolver(Solver):
             "when the window would be too short.",
             minimum=1,
         ),
+        "budget_flops": Param(
+            None,
+            float,
+            "Flop budget of the factorisation (flop); n_s is the largest "
+            "sample count with (n_s*d)**3/3 within it. Alternative to 'n_s'.",
+            minimum=1.0,
+        ),
+        "budget_seconds": Param(
+            None,
+            float,
+            "Time budget of the factorisation (s), turned into flops at "
+            "'gflops'. Alternative to 'n_s'.",
+            minimum=0.0,
+        ),
+        "gflops": Param(
+            DEFAULT_GFLOPS,
+            float,
+            "Factorisation rate assumed by 'budget_seconds' (10**9 flop/s); "
+            "the measured rate of each solve is in the details as "
+            "'factor_gflops'.",
+            minimum=1e-6,
+        ),
         "q": Param(
             0,
             int,
             "Number of Laurent terms nu_1/k, ..., nu_q/k**q added to the "
-            "exponent nu_0.",
+            "exponent nu_0; with select_q, the largest q tried.",
             minimum=0,
+        ),
+        "select_q": Param(
+            False,
+            bool,
+            "Choose q in 0..q by the smallest error of a held-out "
+            "extrapolation inside the window.",
+        ),
+        "ridge": Param(
+            0.01,
+            float,
+            "Ridge penalty on nu_1..nu_q, relative to the sum of squared "
+            "increments (dimensionless); 0 is plain least squares.",
+            minimum=0.0,
+        ),
+        "weight_power": Param(
+            0.0,
+            float,
+            "Weight (k/n_s)**weight_power of increment k in the fit; positive "
+            "values favour the end of the window.",
+        ),
+        "level": Param(
+            0.95,
+            float,
+            "Confidence level of the reported interval, in (0, 1).",
+        ),
+        "misfit": Param(
+            True,
+            bool,
+            "Widen the interval by the error of a held-out extrapolation "
+            "inside the window; false gives the noise-only interval.",
+        ),
+        "singular": Param(
+            "pseudo",
+            str,
+            "When the leading block is singular and n_s = n: 'pseudo' returns "
+            "the pseudo-determinant (product of eigenvalues above a "
+            "threshold), 'error' fails.",
+            choices=("pseudo", "error"),
         ),
         "method": Param(
             "cholesky",
@@ -96,14 +165,25 @@ class FlodanceSolver(Solver):
         """Check that exactly one of n_s and fraction is set, and its range."""
         n_s = self.params["n_s"]
         fraction = self.params["fraction"]
-        if n_s is None and fraction is None:
+        size_settings = {
+            key: self.params[key]
+            for key in ("n_s", "fraction", "budget_flops", "budget_seconds")
+            if self.params[key] is not None
+        }
+        if not size_settings:
             raise ParameterError(
-                "solver 'flodance': set 'n_s' (samples in the leading block) "
-                "or 'fraction' (share of all samples)"
+                "solver 'flodance': set 'n_s' (samples in the leading block), "
+                "'fraction' (share of all samples), 'budget_flops' or "
+                "'budget_seconds'"
             )
-        if n_s is not None and fraction is not None:
+        if len(size_settings) > 1:
+            settings_text = " and ".join(f"{k}={v}" for k, v in size_settings.items())
+            raise ParameterError(f"solver 'flodance': set only one of {settings_text}")
+        level = self.params["level"]
+        if not 0.0 < level < 1.0:
             raise ParameterError(
-                f"solver 'flodance': set only one of n_s={n_s} and fraction={fraction}"
+                f"solver 'flodance': level={level} is outside (0, 1); use 0.95 "
+                "for a 95% interval"
             )
         if fraction is not None and not 0.0 < fraction <= 1.0:
             raise ParameterError(
@@ -133,11 +213,21 @@ class FlodanceSolver(Solver):
         """Return settings such as ``"n_s=500, q=0"``."""
         if self.params["n_s"] is not None:
             parts = [f"n_s={self.params['n_s']}"]
-        else:
+        elif self.params["fraction"] is not None:
             parts = [f"fraction={self.params['fraction']:g}"]
+        elif self.params["budget_flops"] is not None:
+            parts = [f"budget={self.params['budget_flops']:.3g} flop"]
+        else:
+            parts = [
+                f"budget={self.params['budget_seconds']:g} s at "
+                f"{self.params['gflops']:g} GFLOP/s"
+            ]
         if self.params["n0"] is not None:
             parts.append(f"n0={self.params['n0']}")
-        parts.append(f"q={self.params['q']}")
+        if self.params["select_q"]:
+            parts.append(f"q<={self.params['q']} (auto)")
+        else:
+            parts.append(f"q={self.params['q']}")
         if self.params["method"] != "cholesky":
             parts.append("LDL")
         return ", ".join(parts)
@@ -153,7 +243,15 @@ class FlodanceSolver(Solver):
         """
         n = info.samples
         n_s = self.params["n_s"]
-        if n_s is None:
+        if n_s is None and self.params["fraction"] is None:
+            n_s = min(n, self._budget_samples(info.block_size))
+            if n_s < 1:
+                raise ParameterError(
+                    "solver 'flodance': the budget does not cover the "
+                    f"factorisation of one sample of d={info.block_size} rows; "
+                    "raise budget_flops or budget_seconds"
+                )
+        elif n_s is None:
             n_s = round(self.params["fraction"] * n)
             if n_s < 1:
                 raise ParameterError(
@@ -174,6 +272,19 @@ class FlodanceSolver(Solver):
         self._check_window(n_s, n0)
         return n_s, n0
 
+    def _budget_samples(self, block_size: int) -> int:
+        """Return the largest n_s whose factorisation fits the budget."""
+        budget = self.params["budget_flops"]
+        if budget is None:
+            budget = self.params["budget_seconds"] * self.params["gflops"] * 1e9
+        order = int((3.0 * budget) ** (1.0 / 3.0))
+        # Correct the rounding of the cube root in either direction.
+        while order > 0 and order**3 / 3.0 > budget:
+            order -= 1
+        while (order + 1) ** 3 / 3.0 <= budget:
+            order += 1
+        return order // block_size
+
     def _default_n0(self, n_s: int) -> int:
         n0 = max(1, round(DEFAULT_N0_FRACTION * n_s))
         # Keep one residual degree of freedom for the error bar if n_s allows.
@@ -187,9 +298,10 @@ class FlodanceSolver(Solver):
     def flops(self, info: MatrixInfo) -> float:
         """Return ``m_s**3 / 3`` for the factorisation plus the fit's count.
 
-        The fit solves two least-squares problems of about ``N = n_s - n0``
+        The fit solves least-squares problems of about ``N = n_s - n0``
         rows and ``p = q + 3`` columns by a thin SVD, counted as
-        ``6*N*p**2 + 11*p**3`` flops each (a leading-order estimate).
+        ``6*N*p**2 + 11*p**3`` flops each (a leading-order estimate): two
+        (fit and held-out check), or ``2*(q + 2)`` with select_q.
         """
         n_s, n0 = self.sample_plan(info)
         order = n_s * info.block_size
@@ -198,7 +310,8 @@ class FlodanceSolver(Solver):
             return factor_flops
         rows = n_s - n0 + 1
         columns = self.params["q"] + 3
-        return factor_flops + 2.0 * (6.0 * rows * columns**2 + 11.0 * columns**3)
+        fits = 2 * (self.params["q"] + 2) if self.params["select_q"] else 2
+        return factor_flops + fits * (6.0 * rows * columns**2 + 11.0 * columns**3)
 
     def solve(self, matrix: MatrixHandle, context: SolveContext) -> Estimate:
         """Factorise the leading block, fit the law and extrapolate to n.
@@ -215,8 +328,14 @@ class FlodanceSolver(Solver):
         block = matrix.block(0, order, 0, order)
         read_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        with np.errstate(divide="ignore"):
-            curve = leading_logdets(block, info.block_size, method)
+        try:
+            with np.errstate(divide="ignore"):
+                curve = leading_logdets(block, info.block_size, method)
+        except SolverError:
+            if n_s != n or self.params["singular"] != "pseudo":
+                raise
+            del block
+            return self._pseudo_estimate(matrix, info, start)
         del block
         factor_seconds = time.perf_counter() - start
         logger.info(
@@ -234,6 +353,7 @@ class FlodanceSolver(Solver):
             "method": method,
             "read_seconds": read_seconds,
             "factor_seconds": factor_seconds,
+            "factor_gflops": order**3 / 3.0 / max(factor_seconds, 1e-9) / 1e9,
             "leading_logdet": _json_number(curve.logdets[-1]),
         }
         if n_s == n:
@@ -263,7 +383,15 @@ class FlodanceSolver(Solver):
                 "(log-determinant -inf), so the law cannot be fitted"
             )
         start = time.perf_counter()
-        fit = fit_scaling_law(curve.logdets, n0, n, self.params["q"])
+        settings = FitSettings(
+            max_q=self.params["q"],
+            ridge=self.params["ridge"],
+            weight_power=self.params["weight_power"],
+            level=self.params["level"],
+            misfit=self.params["misfit"],
+        )
+        q = None if self.params["select_q"] else self.params["q"]
+        fit = fit_scaling_law(curve.logdets, n0, n, q, settings)
         details["fit_seconds"] = time.perf_counter() - start
         details.update(_fit_details(fit, curve))
         return Estimate(
@@ -276,10 +404,46 @@ class FlodanceSolver(Solver):
             details=details,
         )
 
+    def _pseudo_estimate(
+        self, matrix: MatrixHandle, info: MatrixInfo, start: float
+    ) -> Estimate:
+        """Return the pseudo-determinant of the whole matrix, flagged as such."""
+        block = matrix.block(0, info.order, 0, info.order)
+        pseudo = pseudo_logdet(block)
+        del block
+        logger.warning(
+            "flodance: the matrix of order %d is singular (numerical rank %d), "
+            "so the estimate is its pseudo-determinant",
+            info.order,
+            pseudo.rank,
+        )
+        details: dict[str, Any] = {
+            "n": info.samples,
+            "n_s": info.samples,
+            "m_s": info.order,
+            "exact": True,
+            "pseudo_determinant": True,
+            "rank": pseudo.rank,
+            "eigenvalue_threshold": pseudo.threshold,
+            "factor_seconds": time.perf_counter() - start,
+        }
+        return Estimate(
+            logabsdet=pseudo.logdet,
+            sign=1.0,
+            # Eigenvalues only: the tridiagonal reduction dominates with
+            # 4 m**3 / 3 flops (leading order).
+            flops=4.0 / 3.0 * info.order**3,
+            read_order=info.order,
+            stderr=0.0,
+            interval=(pseudo.logdet, pseudo.logdet),
+            details=details,
+        )
+
     def _exact_estimate(
         self, curve: LeadingCurve, info: MatrixInfo, details: dict[str, Any]
     ) -> Estimate:
         details["exact"] = True
+        details["pseudo_determinant"] = False
         details["curve"] = _curve_summary(curve, None)
         logdet = float(curve.logdets[-1])
         sign = float(curve.signs[-1])
@@ -299,7 +463,16 @@ class FlodanceSolver(Solver):
 def _fit_details(fit: ScalingFit, curve: LeadingCurve) -> dict[str, Any]:
     return {
         "exact": False,
+        "pseudo_determinant": False,
         "window": [fit.n0, fit.n_s],
+        "q_used": fit.q,
+        "q_scores": {str(q): v for q, v in fit.q_scores.items()},
+        "ridge": fit.ridge,
+        "weight_power": fit.weight_power,
+        "level": fit.level,
+        "noise_stderr": fit.noise_stderr,
+        "misfit_stderr": fit.misfit,
+        "holdout": fit.holdout,
         "coefficients": {"a": fit.a, "b": fit.b, "nu": fit.nu},
         "sigma": fit.sigma,
         "residual_rms": fit.residual_rms,
@@ -320,6 +493,12 @@ def _curve_summary(curve: LeadingCurve, fit: ScalingFit | None) -> dict[str, Any
     }
     if fit is not None:
         summary["fit"] = [float(v) for v in fit.predict(ks)]
+        beyond = np.linspace(fit.n_s, fit.n, EXTRAPOLATION_POINTS).round()
+        beyond = np.unique(beyond.astype(int))
+        summary["extrapolation"] = {
+            "k": beyond.tolist(),
+            "logdet": [float(v) for v in fit.predict(beyond)],
+        }
     return summary
 
 
