@@ -176,3 +176,83 @@ def test_formation_flops():
     assert source.formation_flops(30) == 55 * (3 * 2 + 2 + 5 + 9)
     general = MaternSource(n=10, dim=1, nu=0.8)
     assert general.formation_flops(4) == 10 * (3 + 2 + 40)
+
+
+# --- general nu: closed forms, log-space Bessel, extremes ----------------------
+
+
+def matern_mpmath(r: float, nu: float) -> float:
+    """Matern correlation in 50-digit arithmetic, from the Bessel function."""
+    mpmath = pytest.importorskip("mpmath")
+    if r == 0:
+        return 1.0
+    with mpmath.workdps(50):
+        z = mpmath.sqrt(2 * mpmath.mpf(nu)) * r
+        value = mpmath.mpf(2) ** (1 - nu) / mpmath.gamma(nu) * z**nu
+        return float(value * mpmath.besselk(nu, z))
+
+
+DISTANCES = [0.0, 1e-300, 1e-8, 1e-3, 0.05, 0.3, 1.0, 2.0, 5.0, 10.0, 30.0]
+
+
+@pytest.mark.parametrize("nu", [0.5, 1.5, 2.5, 3.5, 10.5, 100.5])
+def test_half_integer_closed_form(nu):
+    r = np.array(DISTANCES)
+    expected = np.array([matern_mpmath(x, nu) for x in r])
+    values = matern_correlation(r, nu)
+    assert np.isfinite(values).all()
+    assert values[0] == 1.0
+    np.testing.assert_allclose(values, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("nu", [0.3, 0.8, 3.7, 12.25, 50.0, 100.0, 150.0, 200.5])
+def test_general_nu_log_space(nu):
+    r = np.array(DISTANCES)
+    expected = np.array([matern_mpmath(x, nu) for x in r])
+    values = matern_correlation(r, nu)
+    assert np.isfinite(values).all()
+    assert values[0] == 1.0
+    np.testing.assert_allclose(values, expected, rtol=1e-11, atol=0)
+
+
+def test_half_integer_far_distance_no_overflow():
+    r = np.array([1e3, 1e5, 1e300])
+    for nu in (3.5, 40.5, 100.5):
+        values = matern_correlation(r, nu)
+        np.testing.assert_array_equal(values, np.zeros(3))
+
+
+def test_general_nu_matches_sklearn_blockwise():
+    source = MaternSource(n=50, dim=2, nu=7.25, length_scale=0.2, seed=11)
+    source.block_bytes = 8 * 50 * 10 * 6
+    expected = Matern(length_scale=0.2, nu=7.25)(source.points)
+    np.testing.assert_allclose(form_dense(source), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.slow
+def test_exponential_10k_memdet_closed_form(tmp_path):
+    """Form m = 10,000 blockwise into the store; memdet Cholesky with four
+    blocks per side matches sum log(1 - exp(-2 Delta_i / l)) to 1e-10."""
+    pytest.importorskip("detkit")
+    from ldbench_memdet import MemdetSolver
+
+    from ldbench import MatrixHandle, SolveContext
+    from ldbench._store import MatrixStore
+
+    source = MaternSource(
+        n=10_000, dim=1, nu=0.5, length_scale=0.01, sort_points=True, seed=0
+    )
+    source.block_bytes = 64 * 2**20  # 839 points per strip, 12 strips
+    stored = MatrixStore(tmp_path / "store").ensure(source)
+    info = source.describe()
+    gaps = np.diff(source.points[:, 0])
+    expected = float(np.sum(np.log(-np.expm1(-2.0 * gaps / 0.01))))
+    assert info.logdet == pytest.approx(expected, rel=1e-14)
+    solver = MemdetSolver(method="cholesky", num_blocks=4)
+    handle = MatrixHandle(stored.path, info)
+    try:
+        estimate = solver.solve(handle, SolveContext(scratch_dir=tmp_path / "scratch"))
+    finally:
+        handle.close()
+    assert estimate.sign == 1.0
+    assert abs(estimate.logabsdet - expected) <= 1e-10 * abs(expected)

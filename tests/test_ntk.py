@@ -27,6 +27,8 @@ TINY = {
     "mlp": {"model": "mlp", "width": 8, "depth": 1},
     "cnn": {"model": "cnn", "width": 3},
     "resnet9": {"model": "resnet9", "width": 2},
+    "resnet18": {"model": "resnet18", "width": 2},
+    "mobilenet": {"model": "mobilenet", "width": 2},
 }
 
 
@@ -163,8 +165,10 @@ def test_gram_flops_formula() -> None:
         {"model": "mlp", "width": 5, "depth": 3},
         {"model": "cnn", "width": 3},
         {"model": "resnet9", "width": 2},
+        {"model": "resnet18", "width": 3},
+        {"model": "mobilenet", "width": 3},
     ],
-    ids=["linear", "mlp3", "cnn", "resnet9"],
+    ids=["linear", "mlp3", "cnn", "resnet9", "resnet18", "mobilenet"],
 )
 def test_parameter_count_matches_torch(dataset: str, params: dict) -> None:
     source = NTKSource(**params, dataset=dataset, n=1)
@@ -180,6 +184,23 @@ def test_resnet9_width64_matches_torch() -> None:
     model = source.build_model()
     assert source.cost.parameters == sum(p.numel() for p in model.parameters())
     assert model.head.in_features == 512
+
+
+def test_resnet18_width64_matches_torch() -> None:
+    source = NTKSource(model="resnet18", width=64, dataset="cifar10", n=1)
+    model = source.build_model()
+    assert source.cost.parameters == 11_173_962
+    assert source.cost.parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_mobilenet_is_depthwise() -> None:
+    model = NTKSource(model="mobilenet", width=4, n=1).build_model()
+    depthwise = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1
+    ]
+    assert len(depthwise) == 6
 
 
 def test_describe() -> None:
@@ -199,6 +220,71 @@ def test_default_width_per_model() -> None:
     assert NTKSource(model="mlp").params["width"] == 128
     assert NTKSource(model="cnn").params["width"] == 32
     assert NTKSource(model="resnet9").params["width"] == 16
+    assert NTKSource(model="resnet18").params["width"] == 16
+    assert NTKSource(model="mobilenet").params["width"] == 8
+
+
+# --- weights and training ------------------------------------------------------
+
+
+def save_scaled_weights(source: NTKSource, path: Path, factor: float) -> None:
+    model = source.build_model()
+    state = {name: value * factor for name, value in model.state_dict().items()}
+    torch.save(state, path)
+
+
+def test_weights_file_loaded(tmp_path: Path) -> None:
+    plain = NTKSource(**TINY["mlp"], n=4)
+    same_path = tmp_path / "same.pt"
+    save_scaled_weights(plain, same_path, 1.0)
+    same = NTKSource(**TINY["mlp"], n=4, weights=str(same_path))
+    assert np.array_equal(form_dense(same), form_dense(plain))
+
+    scaled_path = tmp_path / "scaled.pt"
+    save_scaled_weights(plain, scaled_path, 1.5)
+    scaled = NTKSource(**TINY["mlp"], n=4, weights=str(scaled_path))
+    kernel = form_dense(scaled)
+    assert relative_error(kernel, explicit_ntk(scaled, normalize=True)) < 1e-12
+    assert not np.allclose(kernel, form_dense(plain))
+
+
+def test_weights_fingerprint_tracks_file(tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    source = NTKSource(**TINY["mlp"], n=2, weights=str(path))
+    assert source.fingerprint() == "missing"
+    with pytest.raises(FileNotFoundError, match="weights file"):
+        source.check_available()
+    initial = NTKSource(**TINY["mlp"], n=2)
+    save_scaled_weights(initial, path, 1.0)
+    first = source.fingerprint()
+    assert "w.pt" in first
+    save_scaled_weights(initial, path, 2.0)
+    os.utime(path, ns=(1, 1))
+    assert source.fingerprint() != first
+
+
+def test_weights_wrong_network(tmp_path: Path) -> None:
+    path = tmp_path / "cnn.pt"
+    save_scaled_weights(NTKSource(**TINY["cnn"], n=1), path, 1.0)
+    source = NTKSource(**TINY["mlp"], n=2, weights=str(path))
+    with pytest.raises(ValueError, match="does not fit the network"):
+        source.build_model()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_training_lowers_loss_and_is_seeded(optimizer: str) -> None:
+    from ldbench_ntk._train import TrainingSettings, train
+
+    data = _data.load_dataset("digits", "")
+    settings = TrainingSettings(steps=30, lr=0.01, batch=64, optimizer=optimizer, seed=0)
+    model = NTKSource(**TINY["mlp"]).build_model()
+    losses = train(model, data, settings, torch.device("cpu"))
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    params = dict(TINY["mlp"], n=3, train_steps=5, train_optimizer=optimizer)
+    first = form_dense(NTKSource(**params))
+    assert np.array_equal(first, form_dense(NTKSource(**params)))
+    assert not np.allclose(first, form_dense(NTKSource(**TINY["mlp"], n=3)))
 
 
 def test_import_needs_no_torch() -> None:

@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 # 1 - k(r) ~ z**2 / (4 (nu - 1)) is far below machine epsilon, so k = 1.
 _TINY_Z = 1e-100
 
+#: Largest nu = p + 1/2 evaluated by the closed form. Its smallest
+#: coefficient p! / (2p)! is about 1e-217 at p = 100 and underflows float64
+#: near p = 140, so larger half-integers use the Bessel function path.
+MAX_HALF_INTEGER_NU = 100.5
+
 
 def matern_correlation(r: np.ndarray, nu: float) -> np.ndarray:
     """Evaluate the Matern correlation at scaled distances.
@@ -34,7 +39,8 @@ def matern_correlation(r: np.ndarray, nu: float) -> np.ndarray:
         Distances divided by the length scale, non-negative, any shape.
     nu
         Smoothness, positive; ``math.inf`` gives the squared exponential
-        ``exp(-r**2 / 2)``. The values 1/2, 3/2 and 5/2 use their closed forms.
+        ``exp(-r**2 / 2)``. Half-integers up to :data:`MAX_HALF_INTEGER_NU`
+        use their closed forms, other values ``log K_nu`` in log space.
 
     Returns
     -------
@@ -53,7 +59,55 @@ def matern_correlation(r: np.ndarray, nu: float) -> np.ndarray:
         return (1.0 + z + z**2 / 3.0) * np.exp(-z)
     if math.isinf(nu):
         return np.exp(-0.5 * r**2)
+    if (nu - 0.5).is_integer() and nu <= MAX_HALF_INTEGER_NU:
+        return half_integer_correlation(r, int(nu - 0.5))
     return _general_correlation(r, nu)
+
+
+def half_integer_correlation(r: np.ndarray, p: int) -> np.ndarray:
+    """Evaluate the Matern correlation for ``nu = p + 1/2`` in closed form.
+
+    With ``z = sqrt(2 nu) r`` and ``t = 2 z``,
+
+        k(r) = exp(-z) sum_{i=0}^{p} c_i t**(p - i),
+        c_i = p! (p + i)! / ((2p)! i! (p - i)!)
+
+    because ``K_(p+1/2)(z)`` is ``sqrt(pi / (2 z)) exp(-z)`` times a
+    polynomial of degree p in ``1 / z``. ``tests/test_matern.py`` checks the
+    values against mpmath's Bessel function. Every term is positive, so Horner's rule loses no accuracy to
+    cancellation. For ``t >= 1`` the polynomial is evaluated as
+    ``t**p * sum_i c_i t**(-i)`` in log space, so it cannot overflow however
+    large p or r is. The cost is p + 1 vector operations.
+    """
+    from scipy import special
+
+    z = math.sqrt(2.0 * p + 1.0) * np.asarray(r, dtype=np.float64)
+    i = np.arange(p + 1, dtype=np.float64)
+    coefficients = np.exp(
+        special.gammaln(p + 1.0)
+        - special.gammaln(2.0 * p + 1.0)
+        + special.gammaln(p + i + 1.0)
+        - special.gammaln(i + 1.0)
+        - special.gammaln(p - i + 1.0)
+    )
+    coefficients[-1] = 1.0  # exact, so that k(0) = 1 exactly
+    t = 2.0 * z
+    small = t < 1.0
+    result = np.empty_like(z)
+    # t < 1: sum_i c_i t**(p - i), highest power c_0 first.
+    ts = t[small]
+    value = np.full_like(ts, coefficients[0])
+    for c in coefficients[1:]:
+        value = value * ts + c
+    result[small] = value * np.exp(-z[small])
+    # t >= 1: t**p * sum_i c_i (1/t)**i, highest power of 1/t c_p first.
+    tl = t[~small]
+    inverse = 1.0 / tl
+    value = np.full_like(tl, coefficients[-1])
+    for c in coefficients[-2::-1]:
+        value = value * inverse + c
+    result[~small] = np.exp(p * np.log(tl) + np.log(value) - z[~small])
+    return result
 
 
 def _general_correlation(r: np.ndarray, nu: float) -> np.ndarray:

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-MODELS = ("mlp", "cnn", "resnet9")
+MODELS = ("mlp", "cnn", "resnet9", "resnet18", "mobilenet")
 
 #: Width used when the ``width`` parameter is not set, per model.
-DEFAULT_WIDTH = {"mlp": 128, "cnn": 32, "resnet9": 16}
+DEFAULT_WIDTH = {"mlp": 128, "cnn": 32, "resnet9": 16, "resnet18": 16, "mobilenet": 8}
+
+#: Output channels (as multiples of ``width``) and strides of the
+#: depthwise-separable blocks of the small MobileNet.
+MOBILENET_BLOCKS = ((2, 1), (4, 2), (4, 1), (8, 2), (8, 1), (16, 2))
 
 #: Output scale of the ResNet9 head, as in the DAWNBench CIFAR-10 network.
 RESNET9_OUTPUT_SCALE = 0.125
@@ -85,6 +89,25 @@ def resnet9_channels(width: int) -> tuple[int, int, int, int]:
     return (width, 2 * width, 4 * width, 8 * width)
 
 
+def resnet18_stages(width: int) -> list[tuple[int, int]]:
+    """Return ``(channels, stride)`` of the four stages of the CIFAR ResNet18.
+
+    ``width=64`` gives the channels of the original network (64 to 512).
+    """
+    return [(width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)]
+
+
+def mobilenet_blocks(width: int) -> list[tuple[int, int]]:
+    """Return ``(output channels, stride)`` of the depthwise-separable blocks."""
+    return [(factor * width, stride) for factor, stride in MOBILENET_BLOCKS]
+
+
+def strided(size: int, stride: int) -> int:
+    """Return the output size of a 3x3 convolution with padding 1 (or of a 1x1
+    convolution without padding) with ``stride``, on an input of ``size``."""
+    return (size - 1) // stride + 1
+
+
 def architecture_cost(
     model: str, width: int, depth: int, shape: DatasetShape
 ) -> ArchitectureCost:
@@ -93,7 +116,7 @@ def architecture_cost(
     Parameters
     ----------
     model
-        ``"mlp"``, ``"cnn"`` or ``"resnet9"``.
+        One of :data:`MODELS`.
     width
         Width parameter of the model, as :mod:`ldbench_ntk._models` reads it.
     depth
@@ -107,6 +130,10 @@ def architecture_cost(
         return _cnn_cost(width, shape)
     if model == "resnet9":
         return _resnet9_cost(width, shape)
+    if model == "resnet18":
+        return _resnet18_cost(width, shape)
+    if model == "mobilenet":
+        return _mobilenet_cost(width, shape)
     raise ValueError(f"unknown model {model!r}; expected one of {list(MODELS)}")
 
 
@@ -163,3 +190,60 @@ def _resnet9_cost(width: int, shape: DatasetShape) -> ArchitectureCost:
     macs += c3 * shape.classes
     activations += c3 + shape.classes
     return ArchitectureCost(parameters, macs, activations)
+
+
+class _Tally:
+    """Running totals of parameters, multiply-adds and activations."""
+
+    def __init__(self) -> None:
+        self.parameters = 0
+        self.macs = 0
+        self.activations = 0
+
+    def conv(
+        self, c_in: int, c_out: int, kernel: int, h: int, w: int, groups: int = 1
+    ) -> None:
+        """Count a convolution without bias, followed by GroupNorm (a scale and
+        a shift per channel); ``h`` and ``w`` are the output size."""
+        weights = kernel * kernel * (c_in // groups) * c_out
+        self.parameters += weights + 2 * c_out
+        self.macs += weights * h * w
+        # Convolution output, normalised output and activation output.
+        self.activations += 3 * c_out * h * w
+
+    def head(self, features: int, classes: int) -> ArchitectureCost:
+        """Count the linear head with bias and return the totals."""
+        self.parameters += features * classes + classes
+        self.macs += features * classes
+        self.activations += features + classes
+        return ArchitectureCost(self.parameters, self.macs, self.activations)
+
+
+def _resnet18_cost(width: int, shape: DatasetShape) -> ArchitectureCost:
+    tally = _Tally()
+    h, w = shape.height, shape.width
+    tally.conv(shape.channels, width, 3, h, w)
+    c_in = width
+    for c_out, stride in resnet18_stages(width):
+        for block in range(2):
+            step = stride if block == 0 else 1
+            h, w = strided(h, step), strided(w, step)
+            tally.conv(c_in, c_out, 3, h, w)
+            tally.conv(c_out, c_out, 3, h, w)
+            if step != 1 or c_in != c_out:
+                tally.conv(c_in, c_out, 1, h, w)
+            c_in = c_out
+    return tally.head(c_in, shape.classes)
+
+
+def _mobilenet_cost(width: int, shape: DatasetShape) -> ArchitectureCost:
+    tally = _Tally()
+    h, w = shape.height, shape.width
+    tally.conv(shape.channels, width, 3, h, w)
+    c_in = width
+    for c_out, stride in mobilenet_blocks(width):
+        h, w = strided(h, stride), strided(w, stride)
+        tally.conv(c_in, c_in, 3, h, w, groups=c_in)
+        tally.conv(c_in, c_out, 1, h, w)
+        c_in = c_out
+    return tally.head(c_in, shape.classes)

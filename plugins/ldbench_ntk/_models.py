@@ -25,7 +25,9 @@ from ._arch import (
     DatasetShape,
     cnn_channels,
     mlp_dims,
+    mobilenet_blocks,
     resnet9_channels,
+    resnet18_stages,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,10 +43,11 @@ def build_model(
     Parameters
     ----------
     model
-        ``"mlp"``, ``"cnn"`` or ``"resnet9"``.
+        ``"mlp"``, ``"cnn"``, ``"resnet9"``, ``"resnet18"`` or ``"mobilenet"``.
     width
         MLP: units per hidden layer. CNN: channels of the first convolution.
-        ResNet9: channels of the prep layer.
+        ResNet9: channels of the prep layer. ResNet18 and MobileNet: channels
+        of the stem convolution.
     depth
         Number of hidden layers of the MLP. The other models ignore it.
     shape
@@ -66,6 +69,10 @@ def build_model(
             network = SmallCNN(width, shape)
         elif model == "resnet9":
             network = ResNet9(width, shape)
+        elif model == "resnet18":
+            network = ResNet18(width, shape)
+        elif model == "mobilenet":
+            network = MobileNet(width, shape)
         else:
             raise ValueError(f"unknown model {model!r}")
     return network.eval()
@@ -171,3 +178,89 @@ class ResNet9(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return RESNET9_OUTPUT_SCALE * self.head(self.features(x))
+
+
+def _conv_norm(
+    c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1
+) -> list[nn.Module]:
+    """Return a convolution without bias and its GroupNorm, without activation."""
+    return [
+        nn.Conv2d(
+            c_in,
+            c_out,
+            kernel,
+            stride=stride,
+            padding=kernel // 2,
+            groups=groups,
+            bias=False,
+            dtype=DTYPE,
+        ),
+        nn.GroupNorm(1, c_out, dtype=DTYPE),
+    ]
+
+
+class _BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions, and a 1x1 convolution on the
+    shortcut when the stride or the channel count changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *_conv_norm(c_in, c_out, 3, stride),
+            nn.ReLU(),
+            *_conv_norm(c_out, c_out, 3),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(*_conv_norm(c_in, c_out, 1, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet18 in its CIFAR layout: a 3x3 stem convolution with stride 1 and
+    no max pooling, four stages of two basic blocks with ``1, 2, 4, 8 *
+    width`` channels and strides 1, 2, 2, 2, global average pooling and a
+    linear head. ``width=64`` gives the usual sizes (11.2 million parameters
+    on CIFAR-10). Batch norm is replaced by ``GroupNorm(1, channels)``.
+    """
+
+    def __init__(self, width: int, shape: DatasetShape) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [*_conv_norm(shape.channels, width, 3), nn.ReLU()]
+        c_in = width
+        for c_out, stride in resnet18_stages(width):
+            layers.append(_BasicBlock(c_in, c_out, stride))
+            layers.append(_BasicBlock(c_out, c_out, 1))
+            c_in = c_out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, shape.classes, dtype=DTYPE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MobileNet(nn.Module):
+    """Small MobileNet: a 3x3 stem convolution, six depthwise-separable blocks
+    (a 3x3 depthwise convolution, then a 1x1 pointwise one, each normalised and
+    followed by ReLU) with ``2, 4, 4, 8, 8, 16 * width`` output channels and
+    strides 1, 2, 1, 2, 1, 2, global average pooling and a linear head. Batch
+    norm is replaced by ``GroupNorm(1, channels)``.
+    """
+
+    def __init__(self, width: int, shape: DatasetShape) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [*_conv_norm(shape.channels, width, 3), nn.ReLU()]
+        c_in = width
+        for c_out, stride in mobilenet_blocks(width):
+            layers += [*_conv_norm(c_in, c_in, 3, stride, groups=c_in), nn.ReLU()]
+            layers += [*_conv_norm(c_in, c_out, 1), nn.ReLU()]
+            c_in = c_out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, shape.classes, dtype=DTYPE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

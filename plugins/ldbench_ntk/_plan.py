@@ -2,11 +2,12 @@
 
 The Jacobian J (m x P, m = samples * outputs) is split into blocks of
 ``block_samples`` samples. The Gram blocks ``J_i J_j^T`` for i <= j are
-formed group by group: a group of row blocks of J stays in memory while the
-column blocks at and after the group are computed and multiplied with it. When
-all blocks fit in the budget there is one group and every Jacobian block is
-computed once. Otherwise the blocks after a group are computed again for each
-group, which trades Jacobian work for memory.
+formed group by group: a group of row blocks of J stays in memory as one
+contiguous array while the column blocks at and after the group are computed
+and multiplied with it, one matrix product per column block. When all blocks
+fit in the budget there is one group and every Jacobian block is computed
+once. Otherwise the blocks after a group are computed again for each group,
+which trades Jacobian work for memory.
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ logger = logging.getLogger(__name__)
 
 MIB = 2**20
 _FLOAT = 8  # bytes per float64
+#: Share of the budget that one Jacobian block takes when ``block_samples`` is
+#: 0. The group then holds about four blocks, so each matrix product is at
+#: least four times as tall as it is wide.
+BLOCK_SHARE = 6
 
 
-def jacobian_work_bytes(outputs: int, cost: ArchitectureCost) -> int:
+def jacobian_work_bytes(
+    outputs: int, cost: ArchitectureCost, element_bytes: int = _FLOAT
+) -> int:
     """Estimate the work space of one per-sample Jacobian, in bytes.
 
     The per-parameter Jacobian (outputs x P) plus the forward activations and
@@ -34,7 +41,7 @@ def jacobian_work_bytes(outputs: int, cost: ArchitectureCost) -> int:
     """
     # NOTE: an estimate from the activation count of _arch, not a measurement.
     floats = outputs * cost.parameters + 2 * (outputs + 1) * cost.activations
-    return _FLOAT * floats
+    return element_bytes * floats
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,9 @@ class FormationPlan:
         block, or every block when they all fit).
     work_bytes
         Estimated work space of the Jacobian of one sample, in bytes.
+    element_bytes
+        Bytes per entry of the Jacobian: 8 for float64, 4 for float32, 2 for
+        bfloat16.
     """
 
     samples: int
@@ -67,6 +77,7 @@ class FormationPlan:
     chunk_samples: int
     cache_blocks: int
     work_bytes: int
+    element_bytes: int = _FLOAT
 
     @property
     def blocks(self) -> list[tuple[int, int]]:
@@ -126,8 +137,9 @@ class FormationPlan:
     def peak_bytes(self) -> int:
         """Estimated peak memory of the Jacobian and Gram blocks, in bytes."""
         held = min(self.cache_blocks, len(self.blocks))
-        block = self.block_samples * self.outputs * self.parameters * _FLOAT
-        gram = 2 * (self.block_samples * self.outputs) ** 2 * _FLOAT
+        block = self.block_samples * self.outputs * self.parameters
+        block *= self.element_bytes
+        gram = 2 * self.group_blocks * (self.block_samples * self.outputs) ** 2 * _FLOAT
         return held * block + gram + self.chunk_samples * self.work_bytes
 
 
@@ -137,6 +149,7 @@ def make_plan(
     cost: ArchitectureCost,
     memory_mb: float,
     block_samples: int = 0,
+    element_bytes: int = _FLOAT,
 ) -> FormationPlan:
     """Choose block and chunk sizes that fit ``memory_mb`` MiB.
 
@@ -152,8 +165,10 @@ def make_plan(
         Budget for the Jacobian blocks, the Gram blocks and the Jacobian work
         space, in MiB. The data set and the network are not counted.
     block_samples
-        Samples per Jacobian block, or 0 to use an eighth of the budget per
-        block.
+        Samples per Jacobian block, or 0 to use a sixth of the budget
+        (:data:`BLOCK_SHARE`) per block.
+    element_bytes
+        Bytes per Jacobian entry in the formation dtype.
 
     Raises
     ------
@@ -162,20 +177,24 @@ def make_plan(
         do not fit the budget. The message gives the budget needed.
     """
     budget = memory_mb * MIB
-    sample_bytes = _FLOAT * outputs * cost.parameters
-    work = jacobian_work_bytes(outputs, cost)
+    sample_bytes = element_bytes * outputs * cost.parameters
+    work = jacobian_work_bytes(outputs, cost, element_bytes)
+    # A held block also adds its rows to the float64 product with a column
+    # block, counted twice for the product and its symmetrised copy.
+    gram_per_sample = 2 * _FLOAT * outputs
     if block_samples > 0:
         b = min(block_samples, samples)
     else:
-        b = max(1, min(samples, int(budget / 8 // sample_bytes)))
+        b = max(1, min(samples, _largest_block(budget / BLOCK_SHARE, sample_bytes,
+                                               gram_per_sample * outputs)))
     chunk = max(1, min(b, int(budget / 8 // work)))
     chunk = math.ceil(b / math.ceil(b / chunk))  # equal chunks, none smaller
-    gram_bytes = 2 * (b * outputs) ** 2 * _FLOAT
+    block_bytes = b * sample_bytes + gram_per_sample * outputs * b * b
     count = math.ceil(samples / b)
-    capacity = int((budget - chunk * work - gram_bytes) // (b * sample_bytes))
+    capacity = int((budget - chunk * work) // block_bytes)
     needed = min(count, 2)
     if capacity < needed:
-        need_mb = (needed * b * sample_bytes + chunk * work + gram_bytes) / MIB
+        need_mb = (needed * block_bytes + chunk * work) / MIB
         setting = f"block_samples = {block_samples}" if block_samples else "blocks"
         raise ParameterError(
             f"source 'ntk': memory_mb = {memory_mb:g} is too small for {setting} of "
@@ -190,6 +209,7 @@ def make_plan(
         chunk_samples=chunk,
         cache_blocks=min(capacity, count),
         work_bytes=work,
+        element_bytes=element_bytes,
     )
     logger.debug(
         "ntk plan: %d blocks of %d samples, %d groups, %d Jacobian samples",
@@ -199,3 +219,11 @@ def make_plan(
         plan.jacobian_samples(),
     )
     return plan
+
+
+def _largest_block(budget: float, linear: float, quadratic: float) -> int:
+    """Return the largest b with ``linear * b + quadratic * b**2 <= budget``."""
+    root = (-linear + math.sqrt(linear * linear + 4.0 * quadratic * budget)) / (
+        2.0 * quadratic
+    )
+    return int(root)

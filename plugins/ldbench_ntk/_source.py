@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ldbench import (
@@ -22,13 +23,19 @@ from ._plan import FormationPlan, make_plan
 logger = logging.getLogger(__name__)
 
 
+#: Bytes per Jacobian entry of each formation dtype.
+ELEMENT_BYTES = {"float64": 8, "float32": 4, "tf32": 4, "bfloat16": 2}
+
+
 class NTKSource(MatrixSource):
-    """Empirical neural tangent kernel of a randomly initialised network.
+    """Empirical neural tangent kernel of a network, at initialisation or
+    after a short training run.
 
     For a network f with d outputs and P parameters, evaluated on n images,
     the matrix is ``K = J J^T / P`` (or ``J J^T`` with ``normalize=False``),
     where J is the (n*d) x P Jacobian of the outputs with respect to the
-    parameters at initialisation. Rows are sample-major: row ``s * d + c``
+    parameters. Dividing by P is the same as scaling the network's outputs by
+    ``1 / sqrt(P)``. Rows are sample-major: row ``s * d + c``
     belongs to output c of sample s. K is symmetric positive semi-definite,
     and positive definite when J has full row rank, which needs
     ``P >= n * d``. Dividing by P changes ``log det K`` by exactly
@@ -47,13 +54,18 @@ class NTKSource(MatrixSource):
     ----------
     model
         ``"mlp"`` (ReLU network on the flattened image), ``"cnn"`` (two 3x3
-        convolutions, average pooling, linear head) or ``"resnet9"`` (the
-        DAWNBench CIFAR-10 ResNet9 layout with per-sample normalisation).
+        convolutions, average pooling, linear head), ``"resnet9"`` (the
+        DAWNBench CIFAR-10 ResNet9 layout), ``"resnet18"`` (CIFAR layout: 3x3
+        stem, no max pooling) or ``"mobilenet"`` (six depthwise-separable
+        blocks). The convolutional networks normalise each sample with
+        ``GroupNorm(1, channels)`` in place of batch norm.
     width
-        MLP: units per hidden layer. CNN: channels of the first convolution,
-        the second has ``2 * width``. ResNet9: channels of the prep layer,
-        layers 1 to 3 have 2, 4 and 8 times as many (64 gives the original
-        network). Default: 128, 32 and 16 respectively.
+        Width multiplier. MLP: units per hidden layer. CNN: channels of the
+        first convolution, the second has ``2 * width``. ResNet9: channels of
+        the prep layer, layers 1 to 3 have 2, 4 and 8 times as many (64 gives
+        the original network). ResNet18: channels of the first stage, the
+        others have 2, 4 and 8 times as many (64 gives the original).
+        MobileNet: channels of the stem. Default: 128, 32, 16, 16 and 8.
     depth
         Number of hidden layers of the MLP (0 gives a linear model). The
         other models ignore it.
@@ -75,11 +87,35 @@ class NTKSource(MatrixSource):
         Samples per Jacobian block, or 0 to choose it from ``memory_mb``.
     memory_mb
         Budget of the Jacobian blocks, Gram blocks and Jacobian work space,
-        in MiB (the data set and the network come on top).
+        in MiB (the data set and the network come on top). On CUDA it bounds
+        the device memory of these arrays.
+    dtype
+        Formation dtype of the network, the Jacobian and the Gram products:
+        ``"float64"``, ``"float32"``, ``"bfloat16"`` or ``"tf32"`` (float32
+        with TensorFloat-32 matrix products on CUDA, plain float32 on the
+        CPU). The network is initialised, loaded and trained in float64 and
+        then rounded, so every dtype sees the same weights. The products are
+        converted to float64 and stored as float64.
+    device
+        ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when torch finds a GPU).
+        Forming on CUDA records the device ``"gpu"`` for pricing.
+    weights
+        Path of a state-dict file (``torch.save(model.state_dict())``) to load
+        after the seeded initialisation; empty keeps the initialisation. The
+        file's size and modification time are part of the store key.
+    train_steps
+        Steps of cross-entropy training on the data set before forming, 0 for
+        none. Batches are seeded random draws from the whole training set.
+    train_lr, train_batch, train_optimizer
+        Learning rate, batch size and optimiser (``"sgd"`` with momentum 0.9,
+        or ``"adam"``) of that training run.
     """
 
     name: ClassVar[str] = "ntk"
     version: ClassVar[str] = "1"
+    #: Step and work counts of the last :meth:`form` call (a
+    #: ``FormationCounts``), or None before the first.
+    last_counts: Any = None
     requires: ClassVar[tuple[str, ...]] = ("torch",)
     parameters: ClassVar[dict[str, Param]] = {
         "model": Param("mlp", str, "network architecture", choices=MODELS),
@@ -109,10 +145,34 @@ class NTKSource(MatrixSource):
         "memory_mb": Param(
             1024.0, float, "memory budget of the blocks, in MiB", minimum=0.001
         ),
+        "dtype": Param(
+            "float64",
+            str,
+            "dtype of the network, Jacobian and Gram products; stored as float64",
+            choices=tuple(ELEMENT_BYTES),
+        ),
+        "device": Param(
+            "cpu", str, "torch device of the formation", choices=("cpu", "cuda", "auto")
+        ),
+        "weights": Param("", str, "state-dict file to load; empty keeps the init"),
+        "train_steps": Param(
+            0, int, "cross-entropy training steps before forming", minimum=0
+        ),
+        "train_lr": Param(0.01, float, "learning rate of the training run", minimum=0),
+        "train_batch": Param(
+            128, int, "samples per training step", minimum=1
+        ),
+        "train_optimizer": Param(
+            "sgd", str, "optimiser of the training run", choices=("sgd", "adam")
+        ),
     }
 
     def validate(self) -> None:
         """Fill in the model's default width and check n against the data set."""
+        if self.params["device"] == "cuda":
+            # An instance attribute shadows the class attribute the store
+            # reads for pricing.
+            self.device = "gpu"
         if self.params["width"] is None:
             self.params["width"] = DEFAULT_WIDTH[self.params["model"]]
         size = DATASETS[self.params["dataset"]].size
@@ -183,6 +243,10 @@ class NTKSource(MatrixSource):
         order = p["n"] * self.outputs if order is None else order
         samples = self.check_order(order)
         model = p["model"] + (f" depth={p['depth']}" if p["model"] == "mlp" else "")
+        if p["dtype"] != "float64":
+            model += f" {p['dtype']}"
+        if p["train_steps"]:
+            model += f" trained={p['train_steps']}"
         return MatrixInfo(
             order=order,
             structure=Structure.SPD,
@@ -202,6 +266,7 @@ class NTKSource(MatrixSource):
             self.cost,
             self.params["memory_mb"],
             self.params["block_samples"],
+            ELEMENT_BYTES[self.params["dtype"]],
         )
 
     def formation_flops(self, order: int) -> float:
@@ -222,6 +287,11 @@ class NTKSource(MatrixSource):
         """Raise FileNotFoundError when the MNIST or CIFAR-10 files are missing,
         or ParameterError when n exceeds the images in the files."""
         p = self.params
+        if p["weights"] and not Path(p["weights"]).expanduser().is_file():
+            raise FileNotFoundError(
+                f"source 'ntk': weights file {p['weights']!r} not found; give the "
+                "path of a file written by torch.save(model.state_dict())"
+            )
         _data.data_files(p["dataset"], p["data_dir"])
         available = _data.count_samples(p["dataset"], p["data_dir"])
         if p["n"] > available:
@@ -231,12 +301,18 @@ class NTKSource(MatrixSource):
             )
 
     def fingerprint(self) -> str:
-        """Return the names, sizes and modification times of the data files."""
+        """Return the names, sizes and modification times of the data files and
+        of the weights file."""
         p = self.params
         try:
             paths = _data.data_files(p["dataset"], p["data_dir"])
         except FileNotFoundError:
             return "missing"
+        if p["weights"]:
+            weights = Path(p["weights"]).expanduser()
+            if not weights.is_file():
+                return "missing"
+            paths.append(weights)
         parts = []
         for path in paths:
             stat = path.stat()
@@ -266,13 +342,55 @@ class NTKSource(MatrixSource):
         return _data.select_samples(data, samples, p["seed"], p["balanced"])
 
     def build_model(self) -> Any:
-        """Return the seeded float64 torch network (imports torch)."""
+        """Return the float64 torch network on the CPU (imports torch).
+
+        The network is seeded, then loaded from ``weights`` and trained for
+        ``train_steps`` when these are set, on the formation device.
+        """
         from ._models import build_model
 
         p = self.params
-        return build_model(
+        model = build_model(
             p["model"], p["width"], p["depth"], DATASETS[p["dataset"]], p["seed"]
         )
+        if p["weights"]:
+            from ._train import load_weights
+
+            load_weights(model, Path(p["weights"]).expanduser())
+        if p["train_steps"]:
+            from ._train import TrainingSettings, train
+
+            data = _data.load_dataset(p["dataset"], p["data_dir"])
+            settings = TrainingSettings(
+                steps=p["train_steps"],
+                lr=p["train_lr"],
+                batch=p["train_batch"],
+                optimizer=p["train_optimizer"],
+                seed=p["seed"],
+            )
+            train(model, data, settings, self.torch_device())
+        return model
+
+    def torch_device(self) -> Any:
+        """Return the torch device of the formation and set :attr:`device`.
+
+        Raises
+        ------
+        ParameterError
+            When ``device = "cuda"`` and torch finds no CUDA device.
+        """
+        import torch
+
+        choice = self.params["device"]
+        available = torch.cuda.is_available()
+        if choice == "cuda" and not available:
+            raise ParameterError(
+                "source 'ntk': device = 'cuda' but torch finds no CUDA device "
+                f"(torch {torch.__version__}); use device = 'cpu' or 'auto'"
+            )
+        use_cuda = choice == "cuda" or (choice == "auto" and available)
+        self.device = "gpu" if use_cuda else "cpu"
+        return torch.device("cuda" if use_cuda else "cpu")
 
     # --- formation --------------------------------------------------------
 
@@ -280,16 +398,32 @@ class NTKSource(MatrixSource):
         """Write the leading block of ``order = k * d`` into ``out``.
 
         Computes the Jacobian of the first k samples in blocks with
-        ``torch.func`` and writes each Gram block ``J_i J_j^T`` (i <= j) and
-        its transpose, as float64. Adds the phases ``"jacobian"`` and
-        ``"gram"`` (seconds and FLOPs) to ``out``.
+        ``torch.func`` in the formation dtype and device, and writes each Gram
+        block ``J_i J_j^T`` (i <= j) and its transpose as float64. Each
+        finished group and column block is checkpointed through
+        ``out.mark_done``, so a killed formation resumes after its last
+        finished step. Adds the phases ``"jacobian"`` and ``"gram"`` (seconds
+        and FLOPs of this call) to ``out``, and keeps the step and work counts
+        of the call in :attr:`last_counts`.
         """
         plan = self.plan(order)
         self.check_available()
-        from ._kernel import form_gram
+        from ._kernel import TORCH_DTYPES, form_gram
 
         tic = time.perf_counter()
+        device = self.torch_device()
         inputs, _ = self.load_inputs(plan.samples)
         model = self.build_model()
-        logger.info("ntk: data and model ready in %.2f s", time.perf_counter() - tic)
-        form_gram(model, inputs, plan, self.cost, out, self.params["normalize"])
+        model = model.to(device=device, dtype=TORCH_DTYPES[self.params["dtype"]])
+        logger.info(
+            "ntk: data and model ready on %s in %.2f s", device, time.perf_counter() - tic
+        )
+        self.last_counts = form_gram(
+            model,
+            inputs,
+            plan,
+            self.cost,
+            out,
+            self.params["normalize"],
+            self.params["dtype"],
+        )
