@@ -62,6 +62,7 @@ class MatrixConfig:
     id: str
     source: str
     params: dict[str, Any]
+    reference_matrix: str | None = None
 
 
 @dataclass
@@ -459,6 +460,7 @@ def _expand_matrices(
         if "source" not in entry:
             raise SuiteError(f"{where}: missing key 'source' (the matrix source name)")
         name = entry.pop("source")
+        reference_matrix = entry.pop("reference_matrix", None)
         mid = entry.pop("id", name)
         if not isinstance(mid, str) or not mid:
             raise SuiteError(f"{where}: key 'id' must be a non-empty string, got {mid!r}")
@@ -482,7 +484,20 @@ def _expand_matrices(
             except ParameterError as exc:
                 raise SuiteError(f"{where}: {exc}") from exc
             label = mid if len(grid) == 1 else f"{mid}[{_grid_label(entry, params, cls.parameters)}]"
-            out.append(MatrixConfig(label, name, source.params))
+            out.append(MatrixConfig(label, name, source.params, reference_matrix))
+    ids = {m.id for m in out}
+    for config in out:
+        ref = config.reference_matrix
+        if ref is None:
+            continue
+        if not isinstance(ref, str) or ref not in ids or ref == config.id:
+            near = difflib.get_close_matches(str(ref), sorted(ids), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise SuiteError(
+                f"{path}: [[matrix]] {config.id!r}: key 'reference_matrix' = {ref!r} "
+                f"must name another matrix of the suite{hint} (ids: "
+                f"{', '.join(sorted(ids))})"
+            )
     return out
 
 

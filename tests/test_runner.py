@@ -231,3 +231,37 @@ def test_resume_retry_failed_reruns_failures(tmp_path):
     latest = read_records(run_dir)
     assert [r["status"] for r in latest] == ["error", "invalid"]
     assert latest[0]["finished_at"] > records(run_dir)[0]["finished_at"]
+
+
+def test_reference_matrix_measures_against_other_matrix(tmp_path):
+    path = tmp_path / "perturbed.toml"
+    path.write_text(textwrap.dedent("""
+        [[matrix]]
+        id = "exact"
+        source = "synthetic"
+        kind = "kms"
+        n = 50
+        rho = 0.5
+
+        [[matrix]]
+        id = "perturbed"
+        source = "synthetic"
+        kind = "kms"
+        n = 50
+        rho = 0.51
+        reference_matrix = "exact"
+
+        [[solver]]
+        name = "dense"
+        method = "cholesky"
+    """))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--store",
+                 str(tmp_path / "store")]) == 0
+    exact, perturbed = records(tmp_path / "run")
+    reference = 49 * math.log(1 - 0.5**2)
+    estimate = 49 * math.log(1 - 0.51**2)
+    assert perturbed["reference_logdet"] == pytest.approx(reference, rel=1e-14)
+    assert perturbed["reference_method"] == "closed form of exact"
+    assert perturbed["rel_error"] == pytest.approx(abs(estimate - reference) / abs(reference),
+                                                   rel=1e-9)
+    assert exact["rel_error"] < 1e-12
