@@ -19,6 +19,7 @@ from ._api import (
     Solver,
     SolverError,
     Structure,
+    factorization_flops,
 )
 from ._hooks import hookimpl, hookspec
 
@@ -49,6 +50,7 @@ __all__ = [
     "SolverError",
     "Structure",
     "__version__",
+    "factorization_flops",
     "hookimpl",
     "hookspec",
     "run",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "factorization_flops",
     "Estimate",
     "FormationRecord",
     "MatrixHandle",
@@ -319,6 +320,20 @@ class Estimate:
             "interval": None if self.interval is None else [float(v) for v in self.interval],
             "details": self.details,
         }
+
+
+def factorization_flops(method: str, order: int) -> float:
+    """Return the FLOP count of a dense factorisation (multiply-add = 2).
+
+    ``order**3 / 3`` for ``"cholesky"`` and ``"ldl"``, ``2 * order**3 / 3``
+    for ``"lu"``, the leading terms of the LAPACK counts.
+    """
+    cube = float(order) ** 3
+    if method == "lu":
+        return 2.0 * cube / 3.0
+    if method in ("cholesky", "ldl"):
+        return cube / 3.0
+    raise ValueError(f"unknown factorisation {method!r}; use 'cholesky', 'ldl' or 'lu'")
 
 
 def _json_float(value: float) -> float | str:

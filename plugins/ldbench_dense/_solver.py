@@ -17,6 +17,7 @@ from ldbench import (
     Solver,
     SolverError,
     Structure,
+    factorization_flops,
 )
 
 from ._factor import FactorResult, cholesky_logdet, ldl_logdet, lu_logdet
@@ -82,10 +83,7 @@ class DenseSolver(Solver):
         return self._flop_count(info.order)
 
     def _flop_count(self, order: int) -> float:
-        cube = float(order) ** 3
-        if self.params["method"] == "lu":
-            return 2.0 * cube / 3.0
-        return cube / 3.0
+        return factorization_flops(self.params["method"], order)
 
     def solve(self, matrix: MatrixHandle, context: SolveContext) -> Estimate:
         """Factor the readable block of ``matrix`` and return its log-determinant.

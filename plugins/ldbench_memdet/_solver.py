@@ -19,6 +19,7 @@ from ldbench import (
     Solver,
     SolverError,
     Structure,
+    factorization_flops,
 )
 
 from ._array import LeadingBlockArray
@@ -115,10 +116,7 @@ class MemdetSolver(Solver):
         return self._flop_count(info.order)
 
     def _flop_count(self, order: int) -> float:
-        cube = float(order) ** 3
-        if self.params["method"] == "lu":
-            return 2.0 * cube / 3.0
-        return cube / 3.0
+        return factorization_flops(self.params["method"], order)
 
     def prepare(self) -> None:
         """Import detkit outside the timed solve, keeping signal handlers."""

@@ -18,6 +18,7 @@ from ldbench import (
     Solver,
     SolverError,
     Structure,
+    factorization_flops,
 )
 
 from ._engine import FactorizationError, factorize
@@ -133,10 +134,7 @@ class OocSolver(Solver):
         return self._flop_count(info.order)
 
     def _flop_count(self, order: int) -> float:
-        cube = float(order) ** 3
-        if self.params["method"] == "lu":
-            return 2.0 * cube / 3.0
-        return cube / 3.0
+        return factorization_flops(self.params["method"], order)
 
     def num_blocks(self, order: int) -> int:
         """Return n_b for a matrix of ``order``.
