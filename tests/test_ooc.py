@@ -427,7 +427,9 @@ def test_sigkill_midway_then_resume(tmp_path, method):
     finally:
         close()
     assert 3 <= resumed.details["resumed_from_step"] < blocks
-    assert resumed.logabsdet == reference.logabsdet
+    # Multithreaded OpenBLAS may split a GEMM differently from run to run, so
+    # two uninterrupted runs can already differ in the last digits.
+    assert resumed.logabsdet == pytest.approx(reference.logabsdet, rel=1e-12, abs=0)
     assert resumed.sign == reference.sign
     _, expected = np.linalg.slogdet(array)
     assert relative(resumed.logabsdet, expected) < RTOL
