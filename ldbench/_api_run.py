@@ -126,6 +126,15 @@ def run(
     """
     from ._suite import parse_bytes, parse_duration
 
+    import dataclasses
+
+    valid = {f.name for f in dataclasses.fields(RunOptions)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise TypeError(
+            f"ldbench.run() got unknown keyword arguments {unknown}; valid: suite, "
+            f"overrides, run_dir, store, executor, {', '.join(sorted(valid))}"
+        )
     registry = Registry()
     loaded = load_suite(suite, registry, overrides)
     # Durations and sizes may be given as the CLI writes them ("10m", "4GB").
@@ -136,6 +145,11 @@ def run(
         if options["memory_limit"] <= 0:
             raise ValueError(f"memory_limit={options['memory_limit']!r} must be positive")
     folder = Path(run_dir) if run_dir is not None else new_run_dir(loaded)
-    records = execute_suite(loaded, registry, folder, suite_store(loaded, store),
-                            RunOptions(**options), executor)
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = suite_store(loaded, store)
+    (folder / "run.json").write_text(json.dumps(
+        {"suite": str(Path(suite).resolve()), "overrides": list(overrides or []),
+         "store": str(stored.root.resolve()), "options": options}, indent=2, default=str))
+    records = execute_suite(loaded, registry, folder, stored, RunOptions(**options),
+                            executor)
     return results_frame(records)

@@ -186,23 +186,31 @@ class MatrixStore:
         order = full if order is None else int(order)
         if not 1 <= order <= full:
             raise ValueError(f"order {order} is outside 1..{full} for {source.name!r}")
-        path = self.lookup(source, order)
-        if path is not None:
+        stored = self._open_readable(source, order)
+        if stored is not None:
+            return stored
+        with _lock(self.root / f"{source_key(source)}-m{order}.lock"):
+            # Another process may have formed it while this one waited.
+            stored = self._open_readable(source, order)
+            if stored is None:
+                stored = self.open(source, self._form(source, order), order)
+        return stored
+
+    def _open_readable(self, source: MatrixSource, order: int) -> StoredMatrix | None:
+        """Open the smallest readable stored file that contains ``order``.
+
+        A damaged file is set aside as ``*.corrupt``, never served, and the
+        next candidate is tried; None means the block must be formed.
+        """
+        while (path := self.lookup(source, order)) is not None:
             try:
                 return self.open(source, path, order)
             except (OSError, KeyError, ValueError) as exc:
-                # A damaged file is set aside, not served, and formed again.
                 corrupt = path.with_name(path.name + ".corrupt")
                 logger.warning("stored matrix %s cannot be read (%s: %s); moved it to "
-                               "%s and forming it again", path, type(exc).__name__, exc,
-                               corrupt.name)
+                               "%s", path, type(exc).__name__, exc, corrupt.name)
                 os.replace(path, corrupt)
-        with _lock(self.root / f"{source_key(source)}-m{order}.lock"):
-            # Another process may have formed it while this one waited.
-            path = self.lookup(source, order)
-            if path is None:
-                path = self._form(source, order)
-        return self.open(source, path, order)
+        return None
 
     def open(self, source: MatrixSource, path: Path, order: int) -> StoredMatrix:
         """Describe a stored file and the formation cost of its leading ``order``."""

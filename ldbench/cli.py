@@ -264,21 +264,33 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _common_options(parser: argparse.ArgumentParser, nested: bool) -> argparse.ArgumentParser:
+    """Add the plugin and logging options; ``nested`` copies keep the values
+    given before the subcommand unless they are given again after it."""
+    keep = {"default": argparse.SUPPRESS} if nested else {}
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress at INFO level", **keep)
+    parser.add_argument("-p", dest="plugin", action="append", metavar="no:NAME",
+                        help="disable the plugin NAME (repeatable)", **keep)
+    parser.add_argument("--no-autoload", action="store_true",
+                        help="do not load plugins from the 'ldbench' entry-point group",
+                        **keep)
+    parser.add_argument("--strict", action="store_true",
+                        help="stop with an error when a plugin fails to load", **keep)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``ldbench`` command."""
     parser = argparse.ArgumentParser(
         prog="ldbench",
-        description="Benchmark log-determinant methods on large dense matrices.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
-    parser.add_argument("-p", dest="plugin", action="append", metavar="no:NAME",
-                        help="disable the plugin NAME (repeatable)")
-    parser.add_argument("--no-autoload", action="store_true",
-                        help="do not load plugins from the 'ldbench' entry-point group")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop with an error when a plugin fails to load")
+        description="Benchmark log-determinant methods on large dense matrices.",
+        parents=[_common_options(argparse.ArgumentParser(add_help=False), nested=False)])
+    # The same options after the subcommand, so "ldbench plugins -p no:slq" works.
+    common = _common_options(argparse.ArgumentParser(add_help=False), nested=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run a TOML suite")
+    p = sub.add_parser("run", parents=[common], help="run a TOML suite")
     p.add_argument("suite", nargs="?", help="suite file, e.g. suites/quickstart.toml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value: suite.timeout=600, matrix.n=100, "
@@ -309,25 +321,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "CUDA device (default: one per CPU core)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("plugins", help="list plugins and their status")
+    p = sub.add_parser("plugins", parents=[common], help="list plugins and their status")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("info", help="show a solver's or source's parameters")
+    p = sub.add_parser("info", parents=[common], help="show a solver's or source's parameters")
     p.add_argument("name")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("report", help="print the table of a finished run")
+    p = sub.add_parser("report", parents=[common], help="print the table of a finished run")
     p.add_argument("run", help="run folder")
     p.add_argument("--format", default="github", choices=["github", "plain", "latex"],
                    help="github Markdown, plain text, or a LaTeX table float with "
                         "booktabs rules (needs \\usepackage{booktabs})")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("plot", help="draw the figures of a finished run as PNG files")
+    p = sub.add_parser("plot", parents=[common], help="draw the figures of a finished run as PNG files")
     p.add_argument("run", help="run folder; the figures go to RUN/figures")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("compare", help="set two runs side by side and flag regressions")
+    p = sub.add_parser("compare", parents=[common], help="set two runs side by side and flag regressions")
     p.add_argument("run_a", help="baseline run folder")
     p.add_argument("run_b", help="run folder compared with the baseline")
     p.add_argument("--fail-on", action="append", default=[], metavar="METRIC:LIMIT",

@@ -265,3 +265,8 @@ def test_reference_matrix_measures_against_other_matrix(tmp_path):
     assert perturbed["rel_error"] == pytest.approx(abs(estimate - reference) / abs(reference),
                                                    rel=1e-9)
     assert exact["rel_error"] < 1e-12
+
+
+def test_python_api_rejects_unknown_keyword(tmp_path):
+    with pytest.raises(TypeError, match=r"unknown keyword arguments \['out'\]; valid: .*run_dir"):
+        ldbench.run(write_suite(tmp_path), out=tmp_path / "run")

@@ -178,3 +178,23 @@ def test_damaged_file_is_set_aside_and_formed_again(tmp_path, caplog):
     with h5py.File(path) as f:
         i, j = np.indices((40, 40))
         np.testing.assert_array_equal(f["matrix"][...], 0.3 ** np.abs(i - j))
+
+
+def test_every_damaged_candidate_is_set_aside(tmp_path):
+    store = MatrixStore(tmp_path)
+    full = store.ensure(kms()).path
+    lead = store.ensure(kms(), 20)
+    assert lead.formation_basis == "pro-rated"
+    store._form(kms(), 20)
+    leading_file = store.lookup(kms(), 20)
+    assert leading_file != full
+    for path in (leading_file, full):
+        with open(path, "r+b") as f:
+            f.truncate(3000)
+    formed = store.ensure(kms(), 20)
+    assert formed.formation_basis == "measured"
+    assert sorted(p.name for p in tmp_path.glob("*.corrupt")) == sorted(
+        [leading_file.name + ".corrupt", full.name + ".corrupt"])
+    with h5py.File(formed.path) as f:
+        i, j = np.indices((20, 20))
+        np.testing.assert_array_equal(f["matrix"][...], 0.3 ** np.abs(i - j))
