@@ -27,6 +27,10 @@ METRICS = {
     "peak_memory": ("peak_rss_mb", "MiB"),
 }
 DIRECTION = {name: "lower" for name in METRICS}
+# Changes below these are reported as "same": rounding of log-dets near machine
+# precision, and allocator noise in peak memory.
+NEGLIGIBLE_ABSOLUTE = {"rel_error": 1e-12}
+NEGLIGIBLE_RELATIVE = {"peak_memory": 0.01}
 # Minimum number of samples per run for the two-sided test to reach p < 0.05.
 # With 4 and 4 the smallest exact p-value is 2/70 = 0.029, with 3 and 3 it is 0.1.
 MIN_TEST_SAMPLES = 4
@@ -218,7 +222,10 @@ def _compare_metric(
         return None
     a_median, b_median = float(np.median(a)), float(np.median(b))
     p_value = mann_whitney(a, b)
-    if b_median == a_median or (p_value is not None and p_value >= alpha):
+    change = abs(b_median - a_median)
+    negligible = change <= max(NEGLIGIBLE_ABSOLUTE.get(metric, 0.0),
+                               NEGLIGIBLE_RELATIVE.get(metric, 0.0) * abs(a_median))
+    if negligible or (p_value is not None and p_value >= alpha):
         verdict = "same"
     elif b_median > a_median:
         verdict = "worse"

@@ -78,7 +78,10 @@ def run_in_worker(
     env
         Extra environment variables for the worker.
     """
-    with tempfile.TemporaryDirectory(prefix="ldbench-job-") as tmp:
+    # Job files live beside the log, in the run folder, so a host killed with
+    # SIGKILL leaves them where the next run of that folder removes them.
+    folder = log_path.parent if log_path is not None else None
+    with tempfile.TemporaryDirectory(prefix="ldbench-job-", dir=folder) as tmp:
         job_path = Path(tmp) / "job.json"
         result_path = Path(tmp) / "result.json"
         job = {**job, "host_pid": os.getpid()}

@@ -168,6 +168,8 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         drop_torn_tail(self.results_path)
+        for stale in (self.run_dir / "logs").glob("ldbench-job-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         if not self.registry.pm.has_plugin(_HOST_PLUGIN):
             self.registry.pm.register(_HostPlugin(), name=_HOST_PLUGIN)
         self._formation_errors: dict[tuple[str, int], dict[str, Any]] = {}

@@ -186,3 +186,20 @@ def test_same_code_is_not_flagged(runs, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "REGRESSION" not in out.stdout
     assert "lower is better" in out.stdout
+
+
+def test_rounding_level_changes_are_same():
+    from ldbench._compare import compare_runs
+
+    def record(rep: int, rel_error: float, memory: float) -> dict:
+        return {"case_id": f"c{rep}", "matrix_id": "m", "method": "dense",
+                "settings": "LU", "repetition": rep, "status": "ok",
+                "rel_error": rel_error, "peak_rss_mb": memory, "wall_seconds": 1.0,
+                "solve_seconds": 1.0, "cpu_seconds": 1.0}
+
+    a = [record(r, 1.7e-16, 100.0 + r * 0.01) for r in range(5)]
+    b = [record(r, 0.0, 99.9 + r * 0.01) for r in range(5)]
+    comparison = compare_runs(a, b)
+    verdicts = {m.metric: m.verdict for group in comparison.groups for m in group.metrics}
+    assert verdicts["rel_error"] == "same"
+    assert verdicts["peak_memory"] == "same"

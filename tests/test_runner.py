@@ -105,7 +105,10 @@ def test_resume_runs_only_unfinished(tmp_path):
     lines = (run_dir / "results.jsonl").read_text().splitlines()
     kept = lines[:4]
     (run_dir / "results.jsonl").write_text("\n".join(kept) + "\n" + lines[4][:30])
+    # What a host killed with SIGKILL leaves of a running job.
+    (run_dir / "logs" / "ldbench-job-stale").mkdir()
     assert main(["run", "--resume", str(run_dir), "--store", store]) == 0
+    assert list((run_dir / "logs").glob("ldbench-job-*")) == []
     rows = records(run_dir)
     ids = [r["case_id"] for r in rows]
     assert len(ids) == len(set(ids)) == 9
