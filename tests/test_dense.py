@@ -17,24 +17,10 @@ from ldbench import (
     Structure,
 )
 from ldbench_dense import DenseSolver, ldbench_register_solvers
+from matrices import kms_matrix, spd_with_spectrum
 
 METHODS = ("cholesky", "ldl", "lu")
 RTOL = 1e-10
-
-
-def kms_matrix(order: int, rho: float) -> np.ndarray:
-    """Kac-Murdock-Szego matrix rho^|i-j|, log-det (order - 1) ln(1 - rho^2)."""
-    index = np.arange(order)
-    return rho ** np.abs(index[:, None] - index[None, :])
-
-
-def spd_with_spectrum(order: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return Q diag(eigenvalues) Q^T and its eigenvalues in [0.5, 20]."""
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((order, order)))
-    eigenvalues = rng.uniform(0.5, 20.0, order)
-    array = (q * eigenvalues) @ q.T
-    return (array + array.T) / 2.0, eigenvalues
 
 
 def solve(handle_factory, array: np.ndarray, method: str, **kwargs) -> Estimate:

@@ -18,25 +18,11 @@ from ldbench import (
     Structure,
 )
 from ldbench_slq import SlqSolver, ldbench_register_solvers
+from matrices import kms_matrix, spd_with_spectrum
 
 pytest.importorskip("imate")
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
-
-
-def kms_matrix(order: int, rho: float) -> np.ndarray:
-    """Kac-Murdock-Szego matrix rho^|i-j|, log-det (order - 1) ln(1 - rho^2)."""
-    index = np.arange(order)
-    return rho ** np.abs(index[:, None] - index[None, :])
-
-
-def spd_with_spectrum(order: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return Q diag(eigenvalues) Q^T and its eigenvalues in [1, 10]."""
-    rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((order, order)))
-    eigenvalues = rng.uniform(1.0, 10.0, order)
-    array = (q * eigenvalues) @ q.T
-    return (array + array.T) / 2.0, eigenvalues
 
 
 def solve(handle: MatrixHandle, seed: int = 0, **params) -> Estimate:
@@ -55,7 +41,7 @@ def test_plugin_registers_solver():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_spd_within_three_percent(handle_factory, seed):
-    array, eigenvalues = spd_with_spectrum(300, seed=10)
+    array, eigenvalues = spd_with_spectrum(300, seed=10, low=1.0, high=10.0)
     exact = float(np.sum(np.log(eigenvalues)))
     estimate = solve(handle_factory(array), seed=seed)
     assert abs(estimate.logabsdet - exact) / abs(exact) < 0.03
@@ -63,7 +49,7 @@ def test_spd_within_three_percent(handle_factory, seed):
 
 
 def test_interval_from_imate_error(handle_factory):
-    array, eigenvalues = spd_with_spectrum(300, seed=11)
+    array, eigenvalues = spd_with_spectrum(300, seed=11, low=1.0, high=10.0)
     exact = float(np.sum(np.log(eigenvalues)))
     estimate = solve(handle_factory(array), seed=3)
     details = estimate.details
@@ -108,7 +94,7 @@ def test_scaled_identity_exact(handle_factory, scale, order):
 
 
 def test_same_seed_reproduces(handle_factory):
-    array, _ = spd_with_spectrum(200, seed=12)
+    array, _ = spd_with_spectrum(200, seed=12, low=1.0, high=10.0)
     handle = handle_factory(array)
     first = solve(handle, seed=42)
     second = solve(handle, seed=42)
@@ -117,7 +103,7 @@ def test_same_seed_reproduces(handle_factory):
 
 
 def test_different_seeds_differ(handle_factory):
-    array, _ = spd_with_spectrum(200, seed=12)
+    array, _ = spd_with_spectrum(200, seed=12, low=1.0, high=10.0)
     handle = handle_factory(array)
     assert solve(handle, seed=1).logabsdet != solve(handle, seed=2).logabsdet
 
