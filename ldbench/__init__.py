@@ -19,6 +19,7 @@ from ._api import (
     Solver,
     SolverError,
     Structure,
+    check_leading_order,
     factorization_flops,
 )
 from ._hooks import hookimpl, hookspec
@@ -50,6 +51,7 @@ __all__ = [
     "SolverError",
     "Structure",
     "__version__",
+    "check_leading_order",
     "factorization_flops",
     "hookimpl",
     "hookspec",

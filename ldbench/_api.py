@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "check_leading_order",
     "factorization_flops",
     "Estimate",
     "FormationRecord",
@@ -320,6 +321,31 @@ class Estimate:
             "interval": None if self.interval is None else [float(v) for v in self.interval],
             "details": self.details,
         }
+
+
+def check_leading_order(
+    order: int | None, full: int, block_size: int = 1, block_name: str = "block_size"
+) -> int:
+    """Return the leading order a source is asked for, ``full`` when None.
+
+    Raises
+    ------
+    ValueError
+        When ``order`` is outside ``1..full`` or is not a multiple of
+        ``block_size`` (a leading block holds whole samples); ``block_name``
+        is the parameter named in the message.
+    """
+    order = full if order is None else int(order)
+    if not 1 <= order <= full:
+        raise ValueError(
+            f"order {order} is outside 1..{full}; request 1 <= order <= {full}"
+        )
+    if order % block_size != 0:
+        raise ValueError(
+            f"order {order} is not a multiple of {block_name} = {block_size}; request "
+            "a whole number of samples"
+        )
+    return order
 
 
 def factorization_flops(method: str, order: int) -> float:

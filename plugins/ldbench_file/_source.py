@@ -16,6 +16,7 @@ from ldbench import (
     Param,
     ParameterError,
     Structure,
+    check_leading_order,
 )
 
 from ._readers import SUPPORTED_EXTENSIONS, check_matrix, file_format, open_matrix
@@ -144,19 +145,6 @@ class FileSource(MatrixSource):
             )
         return order
 
-    def _check_order(self, order: int | None, full: int) -> int:
-        order = full if order is None else int(order)
-        if not 1 <= order <= full:
-            raise ValueError(
-                f"order {order} is outside 1..{full}; request 1 <= order <= m"
-            )
-        if order % self.params["block_size"] != 0:
-            raise ValueError(
-                f"order {order} is not a multiple of block_size = "
-                f"{self.params['block_size']}; request a whole number of samples"
-            )
-        return order
-
     def describe(self, order: int | None = None) -> MatrixInfo:
         """Describe the stored matrix or its leading ``order x order`` block.
 
@@ -164,7 +152,7 @@ class FileSource(MatrixSource):
         whole matrix and ``None`` for a proper leading block.
         """
         full = self._full_order()
-        order = self._check_order(order, full)
+        order = check_leading_order(order, full, self.params["block_size"])
         p = self.params
         logdet = p["logdet"] if order == full else None
         sign = None
@@ -188,7 +176,7 @@ class FileSource(MatrixSource):
             When a strip contains NaN or infinite values.
         """
         full = self._full_order()
-        order = self._check_order(order, full)
+        order = check_leading_order(order, full, self.params["block_size"])
         # A strip in the file's dtype plus its float64 copy.
         rows = max(1, min(order, self.block_bytes // (16 * order)))
         logger.debug("copying %s, order %d, %d rows per strip", self.path, order, rows)

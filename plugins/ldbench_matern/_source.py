@@ -15,6 +15,7 @@ from ldbench import (
     Param,
     ParameterError,
     Structure,
+    check_leading_order,
 )
 
 from ._kernel import matern_correlation
@@ -112,21 +113,6 @@ class MaternSource(MatrixSource):
         """Return the ``d x d`` coregionalization matrix B."""
         return coregionalization_matrix(self.params["outputs"], self.params["seed"])
 
-    def _check_order(self, order: int | None) -> int:
-        d = self.params["outputs"]
-        m = self.params["n"] * d
-        order = m if order is None else int(order)
-        if not 1 <= order <= m:
-            raise ValueError(
-                f"order {order} is outside 1..{m}; request 1 <= order <= n * outputs"
-            )
-        if order % d != 0:
-            raise ValueError(
-                f"order {order} is not a multiple of outputs = {d}; request a whole "
-                f"number of points"
-            )
-        return order
-
     def _exact_logdet(self, samples: int) -> tuple[float, float] | None:
         p = self.params
         if not (p["dim"] == 1 and p["nu"] == 0.5 and p["nugget"] == 0.0):
@@ -146,7 +132,8 @@ class MaternSource(MatrixSource):
         ``logdet`` is the natural log-determinant in the 1-D exponential case
         (for every leading order), and ``None`` otherwise.
         """
-        order = self._check_order(order)
+        outputs = self.params["outputs"]
+        order = check_leading_order(order, self.params["n"] * outputs, outputs, "outputs")
         p = self.params
         d = p["outputs"]
         exact = self._exact_logdet(order // d)
@@ -167,7 +154,8 @@ class MaternSource(MatrixSource):
         square is also written transposed below it, so the matrix is exactly
         symmetric and about half of the kernel values are computed.
         """
-        order = self._check_order(order)
+        outputs = self.params["outputs"]
+        order = check_leading_order(order, self.params["n"] * outputs, outputs, "outputs")
         p = self.params
         d = p["outputs"]
         samples = order // d

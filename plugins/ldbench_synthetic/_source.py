@@ -15,6 +15,7 @@ from ldbench import (
     Param,
     ParameterError,
     Structure,
+    check_leading_order,
 )
 
 from ._kinds import (
@@ -140,20 +141,6 @@ class SyntheticSource(MatrixSource):
         # Eigenvalues of a KMS matrix have no elementary closed form.
         raise NotImplementedError("eigenvalues() supports kinds 'spectrum', 'identity'")
 
-    def _check_order(self, order: int | None) -> int:
-        n = self.params["n"]
-        order = n if order is None else int(order)
-        if not 1 <= order <= n:
-            raise ValueError(
-                f"order {order} is outside 1..{n}; request 1 <= order <= n"
-            )
-        if order % self.params["block_size"] != 0:
-            raise ValueError(
-                f"order {order} is not a multiple of block_size = "
-                f"{self.params['block_size']}; request a whole number of samples"
-            )
-        return order
-
     def _logdet(self, order: int) -> float | None:
         p = self.params
         if p["kind"] == "identity":
@@ -170,7 +157,7 @@ class SyntheticSource(MatrixSource):
         ``logdet`` is the exact natural log-determinant where the kind gives
         one for this order, and ``sign`` is then 1.
         """
-        order = self._check_order(order)
+        order = check_leading_order(order, self.params["n"], self.params["block_size"])
         p = self.params
         logdet = self._logdet(order)
         label = p["kind"] if p["kind"] != "spectrum" else f"spectrum {p['spectrum']}"
@@ -193,7 +180,7 @@ class SyntheticSource(MatrixSource):
 
     def form(self, order: int, out: BlockWriter) -> None:
         """Write the leading ``order x order`` block into ``out`` in row strips."""
-        order = self._check_order(order)
+        order = check_leading_order(order, self.params["n"], self.params["block_size"])
         p = self.params
         logger.debug("forming synthetic %s, order %d", p["kind"], order)
         if p["kind"] == "identity":
