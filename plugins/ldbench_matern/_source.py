@@ -133,7 +133,8 @@ class MaternSource(MatrixSource):
         (for every leading order), and ``None`` otherwise.
         """
         outputs = self.params["outputs"]
-        order = check_leading_order(order, self.params["n"] * outputs, outputs, "outputs")
+        full = self.params["n"] * outputs
+        order = check_leading_order(order, full, outputs, "outputs")
         p = self.params
         d = p["outputs"]
         exact = self._exact_logdet(order // d)
@@ -155,7 +156,8 @@ class MaternSource(MatrixSource):
         symmetric and about half of the kernel values are computed.
         """
         outputs = self.params["outputs"]
-        order = check_leading_order(order, self.params["n"] * outputs, outputs, "outputs")
+        full = self.params["n"] * outputs
+        order = check_leading_order(order, full, outputs, "outputs")
         p = self.params
         d = p["outputs"]
         samples = order // d
