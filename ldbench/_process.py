@@ -24,7 +24,7 @@ LOG_TAIL_BYTES = 4000
 
 @dataclass
 class JobOutcome:
-    """Result of a worker job as the host sees it."""
+    """Result of a worker job, classified by the host from its exit and output."""
 
     status: str
     result: dict[str, Any]

@@ -250,8 +250,8 @@ class Runner:
         return needed
 
     def _referenced(self, config: MatrixConfig) -> MatrixConfig | None:
-        """The matrix whose log-det is ``config``'s reference, if the suite
-        names one with ``reference_matrix``."""
+        """Return the matrix whose log-det is ``config``'s reference, when the
+        suite names one with ``reference_matrix``."""
         if config.reference_matrix is None:
             return None
         return next(m for m in self.suite.matrices if m.id == config.reference_matrix)

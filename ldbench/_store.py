@@ -337,7 +337,7 @@ class MatrixStore:
         """Return the cached reference log-det of the full matrix, or None.
 
         With ``method``, a value cached by another reference method is ignored,
-        so a suite that asks for a different reference solver computes its own.
+        so a suite that requests a different reference solver computes its own.
         """
         path = self._reference_path(source)
         if not path.exists():

@@ -67,7 +67,8 @@ def _write_result(path: Path, result: dict[str, Any]) -> None:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Execute one job and return its result dictionary (never raises)."""
+    """Execute one job and return its result dictionary, turning every
+    Exception into an error result instead of raising it."""
     from ._api import MatrixHandle, ParameterError, SolveContext, SolverError
     from ._plugins import Registry, format_traceback
     from ._store import MatrixStore

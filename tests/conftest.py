@@ -22,7 +22,8 @@ class ArrayWriter:
 
     def write(self, row: int, col: int, block: np.ndarray) -> None:
         rows, cols = block.shape
-        assert row + rows <= self.order and col + cols <= self.order
+        assert row + rows <= self.order
+        assert col + cols <= self.order
         self.array[row : row + rows, col : col + cols] = block
 
     def add_phase(self, name: str, seconds: float, flops: float = 0.0) -> None:

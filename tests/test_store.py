@@ -100,7 +100,8 @@ def test_interrupted_formation_resumes(tmp_path):
         assert f["matrix"].attrs["formation_resumed"]
         i, j = np.indices((40, 40))
         np.testing.assert_array_equal(f["matrix"][...], 0.3 ** np.abs(i - j))
-    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.done"))
+    assert list(tmp_path.glob("*.partial")) == []
+    assert list(tmp_path.glob("*.done")) == []
 
 
 def test_reference_cache(tmp_path):
