@@ -18,7 +18,7 @@ from ._pivots import BlockLogdet
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "state.json"
-FORMAT = 1
+FORMAT = 2
 
 
 def save_state(

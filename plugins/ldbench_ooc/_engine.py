@@ -444,7 +444,7 @@ def factorize(
     }
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    scratch = ScratchFiles(workdir, grid, step_layouts(grid, method))
+    scratch = ScratchFiles(workdir, grid, step_layouts(grid, method), writeback=fsync)
     succeeded = False
     matrix_error = False
     try:
@@ -475,7 +475,7 @@ def _resume_point(
         return 0, []
     start, parts = state
     path = scratch.path(start)
-    if start > 0 and (not path.exists() or path.stat().st_size != scratch.size(start)):
+    if start > 0 and (not path.exists() or path.stat().st_size < scratch.size(start)):
         logger.warning(
             "ignoring the checkpoint in %s: %s is missing or incomplete", workdir, path
         )
@@ -507,8 +507,6 @@ def _factor_steps(
         if fsync:
             scratch.sync(k + 1)
         save_state(scratch.folder, identity, k + 1, parts[: k + 1])
-        if k > 0:
-            scratch.remove(k)
 
     started = time.perf_counter()
     pipeline = _Pipeline(grid, method, source, scratch, backend, start, commit)

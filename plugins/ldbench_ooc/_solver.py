@@ -206,6 +206,8 @@ class OocSolver(Solver):
             )
         except FactorizationError as exc:
             raise SolverError(str(exc)) from exc
+        finally:
+            source.close()
         details = dict(result.details)
         details["workdir"] = str(workdir)
         return Estimate(
