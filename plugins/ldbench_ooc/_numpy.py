@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _blas
 from ._io import block_view
 from ._pivots import (
     BlockLogdet,
@@ -59,7 +60,7 @@ class NumpyBackend:
 
     def stage_out(self, block: Block) -> None:
         """Make the block's host buffer hold its data; nothing to do on the host."""
-        return None
+        return
 
     def synchronize(self) -> None:
         """Wait for queued work; host work is never queued."""
@@ -97,30 +98,17 @@ class NumpyCholesky:
         return cholesky_logdet(np.diagonal(diagonal))
 
     def panel(self, block: np.ndarray) -> np.ndarray:
-        from scipy.linalg import blas
-
-        result = blas.dtrsm(
-            1.0, self._factor, block, side=1, lower=1, trans_a=1, overwrite_b=1
-        )
-        _inplace(result, block)
+        _blas.solve_right_lower_transposed(self._factor, block)
         return block
 
     def update(self, target: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
-        from scipy.linalg import blas
-
-        result = blas.dgemm(
-            -1.0, left, right, beta=1.0, c=target, trans_b=1, overwrite_c=1
-        )
-        _inplace(result, target)
+        _blas.gemm(-1.0, left, right, 1.0, target, trans_b=True)
 
     def update_diagonal(
         self, target: np.ndarray, left: np.ndarray, right: np.ndarray
     ) -> None:
-        from scipy.linalg import blas
-
         # Q_ik = P_ik here, so the update is a rank-k update of the lower half.
-        result = blas.dsyrk(-1.0, right, beta=1.0, c=target, lower=1, overwrite_c=1)
-        _inplace(result, target)
+        _blas.syrk(-1.0, right, 1.0, target)
 
 
 class NumpyLDL:
@@ -148,24 +136,13 @@ class NumpyLDL:
         return result
 
     def panel(self, block: np.ndarray) -> np.ndarray:
-        from scipy.linalg import blas
-
         block[...] = block[:, self._perm]
-        result = blas.dtrsm(
-            1.0, self._triangle, block, side=1, lower=1, trans_a=1, diag=1,
-            overwrite_b=1,
-        )
-        _inplace(result, block)
+        _blas.solve_right_lower_transposed(self._triangle, block, unit=True)
         left = block_view(self._workspace, *block.shape)
         return self._inverse.apply_right(block, left)
 
     def update(self, target: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
-        from scipy.linalg import blas
-
-        result = blas.dgemm(
-            -1.0, left, right, beta=1.0, c=target, trans_b=1, overwrite_c=1
-        )
-        _inplace(result, target)
+        _blas.gemm(-1.0, left, right, 1.0, target, trans_b=True)
 
     # Q_ik W_ik^T is symmetric, but not a product of one factor with itself, so
     # the diagonal block takes a full dgemm. Only its lower half is used later.
@@ -192,24 +169,14 @@ class NumpyLU:
         return lu_logdet(np.diagonal(diagonal), swaps)
 
     def row_panel(self, block: np.ndarray) -> None:
-        from scipy.linalg import blas
-
         block[...] = block[self._perm]
-        result = blas.dtrsm(1.0, self._factor, block, side=0, lower=1, diag=1,
-                            overwrite_b=1)
-        _inplace(result, block)
+        _blas.solve_left_lower_unit(self._factor, block)
 
     def column_panel(self, block: np.ndarray) -> None:
-        from scipy.linalg import blas
-
-        result = blas.dtrsm(1.0, self._factor, block, side=1, lower=0, overwrite_b=1)
-        _inplace(result, block)
+        _blas.solve_right_upper(self._factor, block)
 
     def update(self, target: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
-        from scipy.linalg import blas
-
-        result = blas.dgemm(-1.0, left, right, beta=1.0, c=target, overwrite_c=1)
-        _inplace(result, target)
+        _blas.gemm(-1.0, left, right, 1.0, target)
 
 
 KERNELS = {"cholesky": NumpyCholesky, "ldl": NumpyLDL, "lu": NumpyLU}
