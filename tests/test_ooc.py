@@ -121,16 +121,17 @@ def random_matrices(order: int) -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
-def test_matches_scipy(handle_factory, tmp_path, device, method):
+def test_matches_scipy(handle_factory, tmp_path, device, method, cache):
     array = random_matrices(300)[method]
     sign, expected = np.linalg.slogdet(array)
     if method == "lu":
         factor, _ = scipy.linalg.lu_factor(array)
         expected = float(np.sum(np.log(np.abs(np.diagonal(factor)))))
     estimate = solve(handle_factory, array, tmp_path, method=method, num_blocks=6,
-                     device=device)
+                     device=device, cache_panels=cache)
     assert relative(estimate.logabsdet, expected) < RTOL
     assert estimate.sign == sign
 
@@ -168,9 +169,13 @@ def test_npy_file_input(tmp_path):
 # I/O volume ------------------------------------------------------------------
 
 
-def closed_form_blocks(method: str, n: int) -> tuple[int, int, int]:
+def closed_form_blocks(method: str, n: int, cache: bool) -> tuple[int, int, int]:
     """Blocks read from the input, read from scratch and written, for equal
     blocks (the formulas of docs/ooc.md)."""
+    if cache and method in ("cholesky", "ldl"):
+        return n * (n + 1) // 2, (n - 1) * n * (n + 1) // 6, (n - 1) * n * (n + 1) // 6
+    if cache:
+        return n * n, (n - 1) * n * (2 * n - 1) // 6, (n - 1) * n * (2 * n - 1) // 6
     if method in ("cholesky", "ldl"):
         source = n * (n + 1) // 2
         scratch_read = n * (n - 1) * (2 * n - 1) // 6
@@ -182,7 +187,7 @@ def closed_form_blocks(method: str, n: int) -> tuple[int, int, int]:
     return source, scratch_read, written
 
 
-def summed_bytes(method: str, sizes: list[int]) -> tuple[int, int, int]:
+def summed_bytes(method: str, sizes: list[int], cache: bool) -> tuple[int, int, int]:
     """The per-step sums of docs/ooc.md for blocks of unequal order."""
     n = len(sizes)
     s = [[8 * sizes[i] * sizes[j] for j in range(n)] for i in range(n)]
@@ -190,14 +195,16 @@ def summed_bytes(method: str, sizes: list[int]) -> tuple[int, int, int]:
     for k in range(n):
         if method in ("cholesky", "ldl"):
             trailing = sum(s[i][j] for i in range(k, n) for j in range(k, i + 1))
-            scratch_read += sum((n - 1 - j) * s[j][k] for j in range(k + 1, n))
-            written += sum(s[i][k] for i in range(k + 1, n - 1))
             written += sum(s[i][j] for i in range(k + 1, n) for j in range(k + 1, i + 1))
+            if not cache:
+                scratch_read += sum((n - 1 - j) * s[j][k] for j in range(k + 1, n))
+                written += sum(s[i][k] for i in range(k + 1, n - 1))
         else:
             trailing = sum(s[i][j] for i in range(k, n) for j in range(k, n))
-            scratch_read += (n - 1 - k) * sum(s[k][j] for j in range(k + 1, n))
-            written += sum(s[k][j] for j in range(k + 1, n))
             written += sum(s[i][j] for i in range(k + 1, n) for j in range(k + 1, n))
+            if not cache:
+                scratch_read += (n - 1 - k) * sum(s[k][j] for j in range(k + 1, n))
+                written += sum(s[k][j] for j in range(k + 1, n))
         if k == 0:
             source += trailing
         else:
@@ -205,29 +212,31 @@ def summed_bytes(method: str, sizes: list[int]) -> tuple[int, int, int]:
     return source, scratch_read, written
 
 
+@pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("method", METHODS)
-def test_io_bytes_equal_blocks(handle_factory, tmp_path, method):
+def test_io_bytes_equal_blocks(handle_factory, tmp_path, method, cache):
     order, n = 240, 6
     array = random_matrices(order)[method]
     details = solve(handle_factory, array, tmp_path, method=method,
-                    num_blocks=n).details
+                    num_blocks=n, cache_panels=cache).details
     block = 8 * (order // n) ** 2
-    source, scratch_read, written = closed_form_blocks(method, n)
+    source, scratch_read, written = closed_form_blocks(method, n, cache)
     assert details["bytes_read_input"] == source * block
     assert details["bytes_read_scratch"] == scratch_read * block
     assert details["bytes_written"] == written * block
     assert details["bytes_read"] == (source + scratch_read) * block
 
 
+@pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
-def test_io_bytes_unequal_blocks(handle_factory, tmp_path, device, method):
+def test_io_bytes_unequal_blocks(handle_factory, tmp_path, device, method, cache):
     order = 203  # 9 blocks: five of order 23 and four of order 22
     for n, sizes in ((7, [29] * 7), (9, [23] * 5 + [22] * 4)):
         array = random_matrices(order)[method]
         details = solve(handle_factory, array, tmp_path, method=method,
-                        num_blocks=n, device=device).details
-        source, scratch_read, written = summed_bytes(method, sizes)
+                        num_blocks=n, device=device, cache_panels=cache).details
+        source, scratch_read, written = summed_bytes(method, sizes, cache)
         assert details["bytes_read_input"] == source
         assert details["bytes_read_scratch"] == scratch_read
         assert details["bytes_written"] == written
@@ -237,11 +246,20 @@ def test_io_bytes_unequal_blocks(handle_factory, tmp_path, device, method):
 
 
 def test_memory_budget_sets_block_count():
-    # Cholesky keeps 6 block buffers of 8 b^2 bytes: 1 MiB allows b <= 147.
-    solver = OocSolver(method="cholesky", memory_mb=1.0)
+    # Without the panel cache Cholesky keeps 6 block buffers of 8 b^2 bytes:
+    # 1 MiB allows b <= 147.
+    solver = OocSolver(method="cholesky", memory_mb=1.0, cache_panels=False)
     assert solver.num_blocks(1000) == 7
     # LDL adds 3 block temporaries: 9 blocks allow b <= 120.
-    assert OocSolver(method="ldl", memory_mb=1.0).num_blocks(1000) == 9
+    solver = OocSolver(method="ldl", memory_mb=1.0, cache_panels=False)
+    assert solver.num_blocks(1000) == 9
+    # With the cache, n_b + 3 buffers: n_b = 9 needs 12 * 8 * 112^2 = 1,204,224
+    # bytes, n_b = 10 needs 13 * 8 * 100^2 = 1,040,000 <= 2^20.
+    assert OocSolver(method="cholesky", memory_mb=1.0).num_blocks(1000) == 10
+    # LU with the cache: n_b + 4 buffers and 1 temporary.
+    # n_b = 10 needs 15 * 80,000 > 2^20, n_b = 11 needs 16 * 8 * 91^2 = 1,059,968,
+    # n_b = 12 needs 17 * 8 * 84^2 = 959,616.
+    assert OocSolver(method="lu", memory_mb=1.0).num_blocks(1000) == 12
     assert OocSolver(method="lu", memory_mb=1.0, max_block_order=50).num_blocks(1000) == 20
 
 

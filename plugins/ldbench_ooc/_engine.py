@@ -97,7 +97,9 @@ class _CountedBlock:
         self.refs = 1
 
 
-def schedule(grid: BlockGrid, method: str, start: int) -> tuple[list, list]:
+def schedule(
+    grid: BlockGrid, method: str, start: int, cache_panels: bool = False
+) -> tuple[list, list]:
     """Return the reads and writes of steps ``start .. n_b - 1`` in order.
 
     Each entry is ``(file, slot)``: step file ``file`` (0 is the input) and
@@ -110,7 +112,20 @@ def schedule(grid: BlockGrid, method: str, start: int) -> tuple[list, list]:
     for k in range(start, count):
         rest = range(k + 1, count)
         reads.append((k, (k, k)))
-        if method in SYMMETRIC_METHODS:
+        if cache_panels and method in SYMMETRIC_METHODS:
+            for i in rest:
+                reads.append((k, (i, k)))
+                for j in range(k + 1, i + 1):
+                    reads.append((k, (i, j)))
+                    writes.append((k + 1, (i, j)))
+        elif cache_panels:
+            reads.extend((k, (k, j)) for j in rest)
+            for i in rest:
+                reads.append((k, (i, k)))
+                for j in rest:
+                    reads.append((k, (i, j)))
+                    writes.append((k + 1, (i, j)))
+        elif method in SYMMETRIC_METHODS:
             for i in rest:
                 reads.append((k, (i, k)))
                 if i < count - 1:
@@ -134,9 +149,11 @@ def schedule(grid: BlockGrid, method: str, start: int) -> tuple[list, list]:
     return reads, writes
 
 
-def step_layouts(grid: BlockGrid, method: str) -> dict[int, list[Slot]]:
+def step_layouts(
+    grid: BlockGrid, method: str, cache_panels: bool = False
+) -> dict[int, list[Slot]]:
     """Return, for each step file, its slots in the order they are written."""
-    _, writes = schedule(grid, method, 0)
+    _, writes = schedule(grid, method, 0, cache_panels)
     layouts: dict[int, list[Slot]] = {}
     for file, slot in writes:
         layouts.setdefault(file, []).append(slot)
@@ -166,20 +183,23 @@ class _Pipeline:
         backend: Any,
         start: int,
         commit: Callable[[int], None],
+        cache_panels: bool = False,
     ) -> None:
         self.grid = grid
         self.source = source
         self.scratch = scratch
         self.backend = backend
         self.counters = _Counters()
-        self.reads, writes = schedule(grid, method, start)
+        self.reads, writes = schedule(grid, method, start, cache_panels)
         # A read of a block that this run writes waits until it is written.
         self._written = {key: threading.Event() for key in writes}
         self._write_order = iter(writes)
         self._commit = commit
         self._abort = threading.Event()
         self.pool = BufferPool(
-            pool_blocks(method), grid.max_size**2, backend.allocate_host
+            pool_blocks(method, grid.num_blocks, cache_panels),
+            grid.max_size**2,
+            backend.allocate_host,
         )
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="ooc-read")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ooc-write")
@@ -344,6 +364,67 @@ def _run_symmetric(pipeline: _Pipeline, kernel: Any, k: int) -> BlockLogdet:
     return part
 
 
+def _run_symmetric_cached(pipeline: _Pipeline, kernel: Any, k: int) -> BlockLogdet:
+    count = pipeline.grid.num_blocks
+    diagonal = pipeline.take(k, (k, k))
+    part = _compute(pipeline, kernel.factor, pipeline.data(diagonal))
+    cached: list[_CountedBlock] = []
+    try:
+        for i in range(k + 1, count):
+            panel = pipeline.take(k, (i, k))
+            left = _compute(pipeline, kernel.panel, pipeline.data(panel))
+            cached.append(panel)
+            for j, other in zip(range(k + 1, i), cached, strict=False):
+                target = pipeline.take(k, (i, j))
+                _compute(
+                    pipeline, kernel.update, pipeline.data(target), left,
+                    pipeline.data(other),
+                )
+                pipeline.write(k + 1, (i, j), target)
+                pipeline.drop(target)
+            target = pipeline.take(k, (i, i))
+            _compute(
+                pipeline, kernel.update_diagonal, pipeline.data(target), left,
+                pipeline.data(panel),
+            )
+            pipeline.write(k + 1, (i, i), target)
+            pipeline.drop(target)
+    finally:
+        for held in cached:
+            pipeline.drop(held)
+        pipeline.drop(diagonal)
+    return part
+
+
+def _run_lu_cached(pipeline: _Pipeline, kernel: Any, k: int) -> BlockLogdet:
+    count = pipeline.grid.num_blocks
+    rest = range(k + 1, count)
+    diagonal = pipeline.take(k, (k, k))
+    part = _compute(pipeline, kernel.factor, pipeline.data(diagonal))
+    rows: list[_CountedBlock] = []
+    try:
+        for j in rest:
+            rows.append(pipeline.take(k, (k, j)))
+            _compute(pipeline, kernel.row_panel, pipeline.data(rows[-1]))
+        for i in rest:
+            column = pipeline.take(k, (i, k))
+            _compute(pipeline, kernel.column_panel, pipeline.data(column))
+            for j, row in zip(rest, rows, strict=True):
+                target = pipeline.take(k, (i, j))
+                _compute(
+                    pipeline, kernel.update, pipeline.data(target),
+                    pipeline.data(column), pipeline.data(row),
+                )
+                pipeline.write(k + 1, (i, j), target)
+                pipeline.drop(target)
+            pipeline.drop(column)
+    finally:
+        for held in rows:
+            pipeline.drop(held)
+        pipeline.drop(diagonal)
+    return part
+
+
 def _run_lu(pipeline: _Pipeline, kernel: Any, k: int) -> BlockLogdet:
     count = pipeline.grid.num_blocks
     diagonal = pipeline.take(k, (k, k))
@@ -396,6 +477,7 @@ def factorize(
     keep_on_failure: bool = False,
     on_step: Callable[[int, int], None] | None = None,
     progress: bool | None = None,
+    cache_panels: bool = True,
 ) -> EngineResult:
     """Return the log-determinant of ``source`` by an out-of-core block factorisation.
 
@@ -427,6 +509,11 @@ def factorize(
         recorded.
     progress
         Show a progress bar (``None``: only on a terminal).
+    cache_panels
+        Keep each step's transformed panel blocks in memory instead of
+        writing them to scratch and reading them back for every block row.
+        This saves about a quarter of the I/O at n_b = 8 and holds up to
+        n_b + 3 blocks (LU: n_b + 4) instead of six.
 
     Raises
     ------
@@ -441,17 +528,20 @@ def factorize(
         "method": method,
         "sizes": list(grid.sizes),
         "device": device,
+        "cache_panels": cache_panels,
     }
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    scratch = ScratchFiles(workdir, grid, step_layouts(grid, method), writeback=fsync)
+    scratch = ScratchFiles(
+        workdir, grid, step_layouts(grid, method, cache_panels), writeback=fsync
+    )
     succeeded = False
     matrix_error = False
     try:
         start, parts = _resume_point(workdir, identity, scratch)
         result = _factor_steps(
             source, method, grid, scratch, device, start, parts, identity, fsync,
-            on_step, progress,
+            on_step, progress, cache_panels,
         )
         succeeded = True
         return result
@@ -496,12 +586,16 @@ def _factor_steps(
     fsync: bool,
     on_step: Callable[[int, int], None] | None,
     progress: bool | None,
+    cache_panels: bool,
 ) -> EngineResult:
     from tqdm import tqdm
 
     count = grid.num_blocks
     backend, kernel = make_backend(device, method, grid.max_size)
-    run = _run_symmetric if method in SYMMETRIC_METHODS else _run_lu
+    if method in SYMMETRIC_METHODS:
+        run = _run_symmetric_cached if cache_panels else _run_symmetric
+    else:
+        run = _run_lu_cached if cache_panels else _run_lu
 
     def commit(k: int) -> None:
         if fsync:
@@ -509,7 +603,9 @@ def _factor_steps(
         save_state(scratch.folder, identity, k + 1, parts[: k + 1])
 
     started = time.perf_counter()
-    pipeline = _Pipeline(grid, method, source, scratch, backend, start, commit)
+    pipeline = _Pipeline(
+        grid, method, source, scratch, backend, start, commit, cache_panels
+    )
     total = sum(step_flops(grid, method, k) for k in range(count)) / 1e9
     bar = tqdm(
         total=total, initial=sum(step_flops(grid, method, k) for k in range(start)) / 1e9,
@@ -539,7 +635,9 @@ def _factor_steps(
     wall = time.perf_counter() - started
 
     logabsdet, sign, counts = combine(parts)
-    details = _details(grid, method, device, pipeline, start, wall, counts)
+    details = _details(
+        grid, method, device, pipeline, start, wall, counts, cache_panels
+    )
     return EngineResult(logabsdet, sign, details)
 
 
@@ -551,10 +649,11 @@ def _details(
     start: int,
     wall: float,
     counts: dict[str, int],
+    cache_panels: bool,
 ) -> dict[str, Any]:
     counters = pipeline.counters
     flops = grid.order**3 / 3.0 * (2.0 if method == "lu" else 1.0)
-    expected = io_volume(grid, method)
+    expected = io_volume(grid, method, cache_panels)
     return {
         "method": method,
         "device": device,
@@ -570,7 +669,8 @@ def _details(
             "scratch_read": expected.scratch_read,
             "scratch_written": expected.scratch_written,
         },
-        "block_memory_bytes": memory_bytes(grid, method),
+        "cache_panels": cache_panels,
+        "block_memory_bytes": memory_bytes(grid, method, cache_panels),
         "io_wait_seconds": counters.io_wait_seconds,
         "read_seconds": counters.read_seconds,
         "write_seconds": counters.write_seconds,

@@ -7,7 +7,6 @@ Blocks are addressed as (i, j) = (block row, block column).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 ITEMSIZE = 8  # bytes of a float64 entry
@@ -81,15 +80,16 @@ class IOVolume:
     scratch_written: int
 
 
-def io_volume(grid: BlockGrid, method: str) -> IOVolume:
+def io_volume(grid: BlockGrid, method: str, cache_panels: bool = False) -> IOVolume:
     """Return the bytes that a run without resumption reads and writes.
 
     Step k of the symmetric methods (Cholesky, LDL) reads the diagonal block,
     the panel blocks (i, k) for i > k and the trailing blocks (i, j) for
-    i >= j > k, and it reads each transformed panel block (j, k) once more for
-    every block row i > j. It writes the panel block (i, k) for
-    k < i < n_b - 1 and every trailing block. LU reads and writes the full
-    trailing square, writes the row panel (k, j) for j > k and reads it back
+    i >= j > k, and writes every updated trailing block. Without the panel
+    cache it also writes the panel block (i, k) for k < i < n_b - 1 and
+    reads each transformed panel block (j, k) once more for every block row
+    i > j. LU reads and writes the full trailing square; without the panel
+    cache it also writes the row panel (k, j) for j > k and reads it back
     once per block row i > k. Step 0 reads from the input, the other steps
     from scratch.
     """
@@ -100,33 +100,41 @@ def io_volume(grid: BlockGrid, method: str) -> IOVolume:
         rest = range(k + 1, count)
         if method in SYMMETRIC_METHODS:
             trailing = [(i, j) for i in range(k, count) for j in range(k, i + 1)]
+            writes = [(i, j) for i in rest for j in range(k + 1, i + 1)]
             rereads = [(j, k) for i in rest for j in range(k + 1, i)]
-            writes = [(i, k) for i in range(k + 1, count - 1)]
-            writes += [(i, j) for i in rest for j in range(k + 1, i + 1)]
+            panels = [(i, k) for i in range(k + 1, count - 1)]
         else:
             trailing = [(i, j) for i in range(k, count) for j in range(k, count)]
+            writes = [(i, j) for i in rest for j in rest]
             rereads = [(k, j) for _ in rest for j in rest]
-            writes = [(k, j) for j in rest]
-            writes += [(i, j) for i in rest for j in rest]
+            panels = [(k, j) for j in rest]
+        if cache_panels:
+            rereads, panels = [], []
         trailing_bytes = sum(nbytes(i, j) for i, j in trailing)
         if k == 0:
             source += trailing_bytes
         else:
             scratch_read += trailing_bytes
         scratch_read += sum(nbytes(i, j) for i, j in rereads)
-        written += sum(nbytes(i, j) for i, j in writes)
+        written += sum(nbytes(i, j) for i, j in writes + panels)
     return IOVolume(source, scratch_read, written)
 
 
-def pool_blocks(method: str) -> int:
+def pool_blocks(method: str, num_blocks: int = 1, cache_panels: bool = False) -> int:
     """Return how many block buffers the pipeline allocates.
 
-    The compute loop holds at most four blocks at once (the factored diagonal
-    block, the current panel block, a re-read panel block and the block being
-    updated). Two more let the next block be read and the previous one be
-    written while BLAS works on the current ones.
+    Without the panel cache, the compute loop holds at most four blocks at
+    once (the factored diagonal block, the current panel block, a re-read
+    panel block and the block being updated). With it, the loop keeps the
+    step's transformed panel blocks instead of re-reading them: at most
+    n_b - 1 of them besides the diagonal block, the current column panel (LU)
+    and the block being updated. Two more buffers let the next block be read
+    and the previous one be written while BLAS works on the current ones.
     """
-    return 6
+    if not cache_panels:
+        return 6
+    held = num_blocks + 1 if method in SYMMETRIC_METHODS else num_blocks + 2
+    return held + 2
 
 
 def workspace_blocks(method: str) -> int:
@@ -139,14 +147,19 @@ def workspace_blocks(method: str) -> int:
     return {"cholesky": 0, "ldl": 3, "lu": 1}[method]
 
 
-def memory_bytes(grid: BlockGrid, method: str) -> int:
+def memory_bytes(grid: BlockGrid, method: str, cache_panels: bool = False) -> int:
     """Return the memory that block buffers and kernel temporaries take, in bytes."""
-    blocks = pool_blocks(method) + workspace_blocks(method)
+    blocks = pool_blocks(method, grid.num_blocks, cache_panels)
+    blocks += workspace_blocks(method)
     return blocks * ITEMSIZE * grid.max_size**2
 
 
 def choose_num_blocks(
-    order: int, method: str, budget_bytes: int, max_block_order: int
+    order: int,
+    method: str,
+    budget_bytes: int,
+    max_block_order: int,
+    cache_panels: bool = False,
 ) -> int:
     """Return the smallest n_b whose blocks fit ``budget_bytes`` and whose
     largest block has order at most ``max_block_order``.
@@ -154,14 +167,16 @@ def choose_num_blocks(
     Raises
     ------
     ValueError
-        When even 1 x 1 blocks exceed the budget.
+        When no block count up to the order fits the budget.
     """
-    blocks = pool_blocks(method) + workspace_blocks(method)
-    largest = math.isqrt(max(budget_bytes, 0) // (blocks * ITEMSIZE))
-    largest = min(largest, max_block_order)
-    if largest < 1:
-        raise ValueError(
-            f"a memory budget of {budget_bytes} bytes cannot hold {blocks} blocks "
-            "of order 1"
-        )
-    return min(order, -(-order // largest))
+    first = max(1, -(-order // max(max_block_order, 1)))
+    for count in range(first, order + 1):
+        blocks = pool_blocks(method, count, cache_panels) + workspace_blocks(method)
+        largest = -(-order // count)
+        if blocks * ITEMSIZE * largest**2 <= budget_bytes:
+            return count
+    blocks = pool_blocks(method, order, cache_panels) + workspace_blocks(method)
+    raise ValueError(
+        f"a memory budget of {budget_bytes} bytes cannot hold {blocks} blocks "
+        "of order 1"
+    )

@@ -102,6 +102,13 @@ class OocSolver(Solver):
             help="Flush each step file to disk before its checkpoint, so it "
             "survives a power loss and not only a killed process.",
         ),
+        "cache_panels": Param(
+            True,
+            bool,
+            help="Keep each step's panel blocks in memory (up to n_b + 3 blocks, "
+            "LU n_b + 4) instead of re-reading them from scratch for every "
+            "block row (6 blocks); false moves about a third more bytes.",
+        ),
     }
     structures: ClassVar[frozenset[Structure]] = frozenset(Structure)
     requires: ClassVar[tuple[str, ...]] = ("scipy",)
@@ -151,7 +158,9 @@ class OocSolver(Solver):
         if count == 0:
             budget = int(self.params["memory_mb"] * 2**20)
             try:
-                return choose_num_blocks(order, method, budget, limit)
+                return choose_num_blocks(
+                    order, method, budget, limit, self.params["cache_panels"]
+                )
             except ValueError as exc:
                 raise ParameterError(f"solver 'ooc': {exc}; raise memory_mb") from exc
         if count > order:
@@ -188,7 +197,9 @@ class OocSolver(Solver):
             f"{matrix.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{order}"
         )
         source = MatrixInput(matrix.dataset(), order, identity)
-        key_text = json.dumps([identity, method, count, self.params["device"]])
+        key_text = json.dumps(
+            [identity, method, count, self.params["device"], self.params["cache_panels"]]
+        )
         key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
         checkpoint_dir = self.params["checkpoint_dir"].strip()
         base = Path(checkpoint_dir).expanduser() if checkpoint_dir else context.scratch_dir
@@ -203,6 +214,7 @@ class OocSolver(Solver):
                 device=self.params["device"],
                 fsync=self.params["fsync"],
                 keep_on_failure=bool(checkpoint_dir),
+                cache_panels=self.params["cache_panels"],
             )
         except FactorizationError as exc:
             raise SolverError(str(exc)) from exc
