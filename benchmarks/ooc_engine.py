@@ -14,7 +14,9 @@ then times, for each method (Cholesky, LDL, LU):
   0.3.30 with 2 threads crashed in ``cho_factor`` at order 16,000 on the
   2-core Xeon this script was written on;
 - detkit's memdet through ldbench's ``memdet`` solver;
-- this project's ``ooc`` solver,
+- this project's ``ooc`` solver, with its panel cache (``ooc``) and, with
+  ``--cache-panels both`` or ``off``, without it (``ooc-nc``, at most six
+  blocks in memory, as memdet keeps a few),
 
 with the same block count and scratch folder, and prints the best wall time,
 the spread over repetitions, ratios and log-determinants. ``--kms`` writes the
@@ -76,12 +78,17 @@ def write_kms(path: Path, order: int, block: int, rho: float = KMS_RHO) -> None:
         dataset = file.create_dataset(
             "matrix", (order, order), dtype="f8", chunks=(CHUNK, CHUNK)
         )
+        # rho^d underflows to exactly 0.0 in float64 beyond this distance.
+        zero_beyond = math.ceil(1100 / -math.log2(rho))
         for row in range(0, order, block):
             rows = np.arange(row, min(row + block, order))
             for col in range(0, order, block):
                 cols = np.arange(col, min(col + block, order))
-                distance = np.abs(rows[:, None] - cols[None, :])
-                dataset[row : rows[-1] + 1, col : cols[-1] + 1] = rho**distance
+                if max(0, col - rows[-1], row - cols[-1]) > zero_beyond:
+                    values = np.zeros((rows.size, cols.size))
+                else:
+                    values = rho ** np.abs(rows[:, None] - cols[None, :])
+                dataset[row : rows[-1] + 1, col : cols[-1] + 1] = values
 
 
 def incore(method: str, array: np.ndarray) -> tuple[float, float]:
@@ -159,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=float, default=0.0,
                         help="ooc memory budget in MiB; with it, --num-blocks is "
                         "only passed to memdet and ooc chooses n_b itself")
+    parser.add_argument("--cache-panels", choices=("on", "off", "both"), default="on",
+                        help="ooc runs with the panel cache (on, the default), "
+                        "without it (off, shown as ooc-nc) or both")
     parser.add_argument("--keep-matrix", action="store_true",
                         help="keep the matrix file for a later run")
     args = parser.parse_args(argv)
@@ -167,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     from ldbench_ooc import OocSolver
 
     order, blocks = args.order, args.num_blocks
+
     methods = args.methods.split(",")
     only = set(args.only.split(","))
+    caches = {"on": [True], "off": [False], "both": [True, False]}[args.cache_panels]
+    if "ooc" not in only:
+        caches = []
     args.workdir.mkdir(parents=True, exist_ok=True)
     kind = "kms" if args.kms else "spd"
     path = args.workdir / f"{kind}-m{order}.h5"
@@ -222,20 +236,25 @@ def main(argv: list[str] | None = None) -> int:
             result["memdet"] = (times, logdet)
             print(f"{method:8s} memdet  {describe(times)}  logdet {logdet!r}",
                   flush=True)
-        if "ooc" in only:
-            params = {"method": method, "num_blocks": blocks}
+        for cache in caches:
+            name = "ooc" if cache else "ooc-nc"
+            params = {"method": method, "num_blocks": blocks, "cache_panels": cache}
             if args.memory_mb:
-                params = {"method": method, "memory_mb": args.memory_mb}
+                params = {"method": method, "memory_mb": args.memory_mb,
+                          "cache_panels": cache}
             times, logdet, details = [], 0.0, {}
             for _ in range(args.repeat):
                 seconds, estimate = run_solver(OocSolver, params, path, order, scratch)
                 times.append(seconds)
                 logdet, details = estimate.logabsdet, estimate.details
-            result["ooc"] = (times, logdet)
-            print(f"{method:8s} ooc     {describe(times)}  logdet {logdet!r}", flush=True)
-            print(f"         ooc details: n_b={details['num_blocks']}, block "
-                  f"{details['block_size']}, read {details['bytes_read'] / 2**30:.2f} "
-                  f"GiB, written {details['bytes_written'] / 2**30:.2f} GiB, I/O wait "
+            result[name] = (times, logdet)
+            print(f"{method:8s} {name:7s} {describe(times)}  logdet {logdet!r}",
+                  flush=True)
+            print(f"         {name} details: n_b={details['num_blocks']}, block "
+                  f"{details['block_size']}, block memory "
+                  f"{details['block_memory_bytes'] / 2**20:.0f} MiB, read "
+                  f"{details['bytes_read'] / 2**30:.2f} GiB, written "
+                  f"{details['bytes_written'] / 2**30:.2f} GiB, I/O wait "
                   f"{details['io_wait_seconds']:.2f} s, compute "
                   f"{details['compute_seconds']:.2f} s, "
                   f"{details['gflops_effective']:.1f} GFLOP/s", flush=True)
@@ -250,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             reference = result["incore"][1]
         elif reference is None and incore_logdets:
             reference = incore_logdets[0]
-        ooc_best = min(result["ooc"][0]) if "ooc" in result else None
+        ooc_runs = result.get("ooc", result.get("ooc-nc"))
+        ooc_best = min(ooc_runs[0]) if ooc_runs else None
         for name, (times, logdet) in result.items():
             ratio = f"{ooc_best / min(times):10.3f}" if ooc_best else f"{'-':>10s}"
             diff = "-" if reference is None else f"{abs(logdet - reference) / abs(reference):.2e}"
