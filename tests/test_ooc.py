@@ -136,6 +136,17 @@ def test_matches_scipy(handle_factory, tmp_path, device, method, cache):
     assert estimate.sign == sign
 
 
+@pytest.mark.parametrize("io", ["inline", "threads"])
+@pytest.mark.parametrize("method", METHODS)
+def test_io_modes_match_scipy(handle_factory, tmp_path, method, io):
+    array = random_matrices(260)[method]
+    _, expected = np.linalg.slogdet(array)
+    estimate = solve(handle_factory, array, tmp_path, method=method, num_blocks=5,
+                     io=io)
+    assert relative(estimate.logabsdet, expected) < RTOL
+    assert estimate.details["io_threads"] is (io == "threads")
+
+
 def test_leading_block_of_larger_dataset(tmp_path):
     array = random_matrices(120)["cholesky"]
     path = tmp_path / "m.h5"
@@ -246,30 +257,43 @@ def test_io_bytes_unequal_blocks(handle_factory, tmp_path, device, method, cache
 
 
 def test_memory_budget_sets_block_count():
-    # Without the panel cache Cholesky keeps 6 block buffers of 8 b^2 bytes:
-    # 1 MiB allows b <= 147.
-    solver = OocSolver(method="cholesky", memory_mb=1.0, cache_panels=False)
-    assert solver.num_blocks(1000) == 7
+    # Background I/O threads, no panel cache: Cholesky keeps 6 block buffers
+    # of 8 b^2 bytes, and 1 MiB allows b <= 147.
+    def blocks(method, **params):
+        return OocSolver(method=method, memory_mb=1.0, **params).num_blocks(1000)
+
+    assert blocks("cholesky", cache_panels=False, io="threads") == 7
     # LDL adds 3 block temporaries: 9 blocks allow b <= 120.
-    solver = OocSolver(method="ldl", memory_mb=1.0, cache_panels=False)
-    assert solver.num_blocks(1000) == 9
+    assert blocks("ldl", cache_panels=False, io="threads") == 9
     # With the cache, n_b + 3 buffers: n_b = 9 needs 12 * 8 * 112^2 = 1,204,224
     # bytes, n_b = 10 needs 13 * 8 * 100^2 = 1,040,000 <= 2^20.
-    assert OocSolver(method="cholesky", memory_mb=1.0).num_blocks(1000) == 10
-    # LU with the cache: n_b + 4 buffers and 1 temporary.
-    # n_b = 10 needs 15 * 80,000 > 2^20, n_b = 11 needs 16 * 8 * 91^2 = 1,059,968,
-    # n_b = 12 needs 17 * 8 * 84^2 = 959,616.
-    assert OocSolver(method="lu", memory_mb=1.0).num_blocks(1000) == 12
-    assert OocSolver(method="lu", memory_mb=1.0, max_block_order=50).num_blocks(1000) == 20
+    assert blocks("cholesky", io="threads") == 10
+    # LU with the cache: n_b + 4 buffers and 1 temporary. n_b = 11 needs
+    # 16 * 8 * 91^2 = 1,059,968 bytes, n_b = 12 needs 17 * 8 * 84^2 = 959,616.
+    assert blocks("lu", io="threads") == 12
+    # Inline I/O (the default on "cpu") needs two buffers fewer. No cache:
+    # 4 * 8 * 167^2 = 892,448 bytes at n_b = 6, 4 * 8 * 200^2 > 2^20 at n_b = 5.
+    assert blocks("cholesky", cache_panels=False) == 6
+    # Cache, n_b + 1 buffers: 9 * 8 * 125^2 = 1,125,000 bytes at n_b = 8,
+    # 10 * 8 * 112^2 = 1,003,520 at n_b = 9.
+    assert blocks("cholesky") == 9
+    assert blocks("lu", max_block_order=50) == 20
 
 
-def test_memory_budget_bounds_block_memory(handle_factory, tmp_path):
+@pytest.mark.parametrize(
+    ("io", "count", "size", "buffers"),
+    # threads: n_b + 3 = 6 buffers of order 134; inline: n_b + 1 = 3 of order 200.
+    [("threads", 3, 134, 6), ("inline", 2, 200, 3)],
+)
+def test_memory_budget_bounds_block_memory(
+    handle_factory, tmp_path, io, count, size, buffers
+):
     array = random_matrices(400)["cholesky"]
     details = solve(handle_factory, array, tmp_path, method="cholesky",
-                    memory_mb=1.0).details
-    assert details["num_blocks"] == 3
-    assert details["block_size"] == 134
-    assert details["block_memory_bytes"] <= 2**20
+                    memory_mb=1.0, io=io).details
+    assert details["num_blocks"] == count
+    assert details["block_size"] == size
+    assert details["block_memory_bytes"] == buffers * 8 * size**2 <= 2**20
 
 
 def test_block_order_above_limit_rejected():
@@ -342,11 +366,11 @@ class FailingInput(MatrixInput):
         super().__init__(array, array.shape[0], "failing-input")
         self.limit = limit
 
-    def read_into(self, grid, slot, buffer):
+    def read_into(self, grid, slot, buffer, helper=None):
         self.limit -= 1
         if self.limit < 0:
             raise OSError("simulated read failure")
-        super().read_into(grid, slot, buffer)
+        super().read_into(grid, slot, buffer, helper)
 
 
 @pytest.mark.parametrize("device", DEVICES)

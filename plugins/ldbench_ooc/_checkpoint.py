@@ -22,9 +22,18 @@ FORMAT = 2
 
 
 def save_state(
-    folder: Path, identity: dict[str, Any], next_step: int, parts: list[BlockLogdet]
+    folder: Path,
+    identity: dict[str, Any],
+    next_step: int,
+    parts: list[BlockLogdet],
+    durable: bool = True,
 ) -> None:
-    """Record durably that steps ``0 .. next_step - 1`` are finished."""
+    """Record that steps ``0 .. next_step - 1`` are finished.
+
+    The replacement is atomic for other processes either way. With
+    ``durable``, the record is also flushed to the disk, so it survives a
+    power loss.
+    """
     record = {
         "format": FORMAT,
         "identity": identity,
@@ -36,8 +45,11 @@ def save_state(
     with open(temporary, "w", encoding="utf-8") as file:
         json.dump(record, file)
         file.flush()
-        os.fsync(file.fileno())
+        if durable:
+            os.fsync(file.fileno())
     os.replace(temporary, path)
+    if not durable:
+        return
     directory = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(directory)

@@ -120,7 +120,9 @@ def io_volume(grid: BlockGrid, method: str, cache_panels: bool = False) -> IOVol
     return IOVolume(source, scratch_read, written)
 
 
-def pool_blocks(method: str, num_blocks: int = 1, cache_panels: bool = False) -> int:
+def pool_blocks(
+    method: str, num_blocks: int = 1, cache_panels: bool = False, io_threads: bool = True
+) -> int:
     """Return how many block buffers the pipeline allocates.
 
     Without the panel cache, the compute loop holds at most four blocks at
@@ -128,13 +130,17 @@ def pool_blocks(method: str, num_blocks: int = 1, cache_panels: bool = False) ->
     panel block and the block being updated). With it, the loop keeps the
     step's transformed panel blocks instead of re-reading them: at most
     n_b - 1 of them besides the diagonal block, the current column panel (LU)
-    and the block being updated. Two more buffers let the next block be read
-    and the previous one be written while BLAS works on the current ones.
+    and the block being updated. With ``io_threads``, two more buffers let the
+    next block be read and the previous one be written while BLAS works on
+    the current ones.
     """
     if not cache_panels:
-        return 6
-    held = num_blocks + 1 if method in SYMMETRIC_METHODS else num_blocks + 2
-    return held + 2
+        held = 4
+    elif method in SYMMETRIC_METHODS:
+        held = num_blocks + 1
+    else:
+        held = num_blocks + 2
+    return held + 2 if io_threads else held
 
 
 def workspace_blocks(method: str) -> int:
@@ -147,9 +153,11 @@ def workspace_blocks(method: str) -> int:
     return {"cholesky": 0, "ldl": 3, "lu": 1}[method]
 
 
-def memory_bytes(grid: BlockGrid, method: str, cache_panels: bool = False) -> int:
+def memory_bytes(
+    grid: BlockGrid, method: str, cache_panels: bool = False, io_threads: bool = True
+) -> int:
     """Return the memory that block buffers and kernel temporaries take, in bytes."""
-    blocks = pool_blocks(method, grid.num_blocks, cache_panels)
+    blocks = pool_blocks(method, grid.num_blocks, cache_panels, io_threads)
     blocks += workspace_blocks(method)
     return blocks * ITEMSIZE * grid.max_size**2
 
@@ -160,6 +168,7 @@ def choose_num_blocks(
     budget_bytes: int,
     max_block_order: int,
     cache_panels: bool = False,
+    io_threads: bool = True,
 ) -> int:
     """Return the smallest n_b whose blocks fit ``budget_bytes`` and whose
     largest block has order at most ``max_block_order``.
@@ -171,11 +180,13 @@ def choose_num_blocks(
     """
     first = max(1, -(-order // max(max_block_order, 1)))
     for count in range(first, order + 1):
-        blocks = pool_blocks(method, count, cache_panels) + workspace_blocks(method)
+        blocks = pool_blocks(method, count, cache_panels, io_threads)
+        blocks += workspace_blocks(method)
         largest = -(-order // count)
         if blocks * ITEMSIZE * largest**2 <= budget_bytes:
             return count
-    blocks = pool_blocks(method, order, cache_panels) + workspace_blocks(method)
+    blocks = pool_blocks(method, order, cache_panels, io_threads)
+    blocks += workspace_blocks(method)
     raise ValueError(
         f"a memory budget of {budget_bytes} bytes cannot hold {blocks} blocks "
         "of order 1"

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,12 @@ class BufferPool:
         self._closed = False
         self.nbytes = count * elements * ITEMSIZE
 
-    def acquire(self) -> np.ndarray:
-        """Return a free buffer, waiting for one to be released."""
+    def acquire(self, wait: bool = True) -> np.ndarray | None:
+        """Return a free buffer, waiting for one to be released; with
+        ``wait=False``, return ``None`` when none is free."""
         with self._cond:
+            if not wait and not self._free and not self._closed:
+                return None
             while not self._free and not self._closed:
                 self._cond.wait()
             if self._closed:
@@ -118,7 +122,21 @@ class MatrixInput:
         if self._chunks is not None:
             self._chunks.close()
 
-    def read_into(self, grid: BlockGrid, slot: Slot, buffer: np.ndarray) -> None:
+    def prefetch(self, grid: BlockGrid, slot: Slot) -> None:
+        """Ask the kernel to start reading block (i, j) of B into its cache."""
+        if self._chunks is not None:
+            i, j = slot
+            self._chunks.prefetch(
+                grid.offset(j), grid.offset(i), grid.sizes[j], grid.sizes[i]
+            )
+
+    def read_into(
+        self,
+        grid: BlockGrid,
+        slot: Slot,
+        buffer: np.ndarray,
+        helper: Executor | None = None,
+    ) -> None:
         """Fill ``buffer`` with block (i, j) of B and check that it is finite.
 
         Raises
@@ -133,7 +151,7 @@ class MatrixInput:
         target = buffer[: a_rows * a_cols].reshape(a_rows, a_cols)
         region = np.s_[row0 : row0 + a_rows, col0 : col0 + a_cols]
         if self._chunks is not None:
-            self._chunks.read(row0, col0, target)
+            self._chunks.read(row0, col0, target, helper)
         elif self._read_direct is not None and self.array.dtype == np.float64:
             self._read_direct(target, source_sel=region)
         else:
@@ -147,6 +165,27 @@ class MatrixInput:
                 "but a log-determinant needs finite entries. Check how the matrix "
                 "was formed."
             )
+
+
+def _pread_full(fd: int, view: memoryview, offset: int, what: str) -> None:
+    """Fill ``view`` from ``fd`` at ``offset``; raise OSError if the file ends."""
+    done = 0
+    nbytes = len(view)
+    while done < nbytes:
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            raise OSError(f"the file ended after {offset + done} bytes inside {what}")
+        done += count
+
+
+def _will_need(fd: int, offset: int, nbytes: int) -> None:
+    """Start read-ahead of a file range (``POSIX_FADV_WILLNEED``); never fail."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is not None:
+        try:
+            advise(fd, offset, nbytes, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
 
 
 class RawChunks:
@@ -185,7 +224,8 @@ class RawChunks:
         self.offsets = offsets
         self.fill = fill
         self._fd = os.open(path, os.O_RDONLY)
-        self._buffer = np.empty(chunks, dtype=np.float64)
+        # One chunk buffer per thread that may read at the same time.
+        self._buffers = [np.empty(chunks, dtype=np.float64) for _ in range(2)]
 
     @classmethod
     def open(cls, array: Any) -> RawChunks | None:
@@ -215,30 +255,58 @@ class RawChunks:
             float(array.fillvalue),
         )
 
-    def read(self, row0: int, col0: int, target: np.ndarray) -> None:
-        """Fill the C-ordered ``target`` with the region starting at (row0, col0)."""
+    def _tiles(self, row0: int, col0: int, rows: int, cols: int) -> list[tuple]:
+        """Return ``(top, left)`` of every chunk that overlaps the region."""
+        chunk_rows, chunk_cols = self.chunks
+        return [
+            (top, left)
+            for top in range(row0 - row0 % chunk_rows, row0 + rows, chunk_rows)
+            for left in range(col0 - col0 % chunk_cols, col0 + cols, chunk_cols)
+        ]
+
+    def read(
+        self, row0: int, col0: int, target: np.ndarray, helper: Executor | None = None
+    ) -> None:
+        """Fill the C-ordered ``target`` with the region starting at (row0, col0).
+
+        With ``helper``, a second thread reads half of the chunks.
+        """
+        tiles = self._tiles(row0, col0, *target.shape)
+        if helper is None or len(tiles) < 2:
+            self._read_tiles(tiles, row0, col0, target, 0)
+            return
+        half = len(tiles) // 2
+        other = helper.submit(self._read_tiles, tiles[half:], row0, col0, target, 1)
+        try:
+            self._read_tiles(tiles[:half], row0, col0, target, 0)
+        finally:
+            other.result()
+
+    def _read_tiles(
+        self, tiles: list[tuple], row0: int, col0: int, target: np.ndarray, which: int
+    ) -> None:
         rows, cols = target.shape
         chunk_rows, chunk_cols = self.chunks
-        nbytes = self._buffer.nbytes
-        view = memoryview(self._buffer).cast("B")
-        for top in range(row0 - row0 % chunk_rows, row0 + rows, chunk_rows):
-            for left in range(col0 - col0 % chunk_cols, col0 + cols, chunk_cols):
-                r0, r1 = max(top, row0), min(top + chunk_rows, row0 + rows)
-                c0, c1 = max(left, col0), min(left + chunk_cols, col0 + cols)
-                region = target[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0]
-                offset = self.offsets.get((top, left))
-                if offset is None:
-                    region[...] = self.fill
-                    continue
-                done = 0
-                while done < nbytes:
-                    count = os.preadv(self._fd, [view[done:]], offset + done)
-                    if count == 0:
-                        raise OSError(
-                            f"the HDF5 file ended inside the chunk at ({top}, {left})"
-                        )
-                    done += count
-                region[...] = self._buffer[r0 - top : r1 - top, c0 - left : c1 - left]
+        buffer = self._buffers[which]
+        view = memoryview(buffer).cast("B")
+        for top, left in tiles:
+            r0, r1 = max(top, row0), min(top + chunk_rows, row0 + rows)
+            c0, c1 = max(left, col0), min(left + chunk_cols, col0 + cols)
+            region = target[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0]
+            offset = self.offsets.get((top, left))
+            if offset is None:
+                region[...] = self.fill
+                continue
+            _pread_full(self._fd, view, offset, f"the HDF5 chunk at ({top}, {left})")
+            region[...] = buffer[r0 - top : r1 - top, c0 - left : c1 - left]
+
+    def prefetch(self, row0: int, col0: int, rows: int, cols: int) -> None:
+        """Ask the kernel to start reading the chunks of a region into its cache."""
+        nbytes = self._buffers[0].nbytes
+        for tile in self._tiles(row0, col0, rows, cols):
+            offset = self.offsets.get(tile)
+            if offset is not None:
+                _will_need(self._fd, offset, nbytes)
 
     def close(self) -> None:
         """Close the file descriptor."""
@@ -299,13 +367,11 @@ class ScratchFiles:
     Step file s holds what step s - 1 wrote: the blocks of the trailing
     matrix that step s starts from, and the transformed panel of step s - 1.
     Each step file is laid out compactly from the list of its slots. Step
-    files alternate between two files on disk, ``trailing-0.bin`` and
-    ``trailing-1.bin``: step s reads one and writes the other, so after the
-    first two steps every write lands on pages the page cache already holds
-    instead of allocating new ones, which cost a 2-core virtual machine ten
-    times more per byte. The engine records step s's checkpoint before step
-    s + 1 writes anything, so the file a checkpoint points to is never
-    overwritten before a newer checkpoint exists.
+    files rotate over a few files on disk, ``trailing-<s mod files>.bin``, so
+    that after the first steps every write lands on pages that the page
+    cache already holds instead of allocating new ones. The engine makes sure
+    that a newer checkpoint exists before a step overwrites the file that an
+    older checkpoint points to.
 
     Parameters
     ----------
@@ -315,11 +381,11 @@ class ScratchFiles:
         Block grid, which fixes each slot's size.
     layouts
         For each step file index s, the slots it contains in file order.
-    writeback
-        Start writing each block to the disk as soon as it is written (Linux
-        ``sync_file_range``), so that the ``fsync`` before a checkpoint
-        finds little left to flush and does not hold up the next step's
-        writes.
+    files
+        Files that step files rotate over: 2 suffice when a checkpoint only
+        has to survive a killed process; with 3, a step writes into the file
+        of the checkpoint two steps back, so the flush of the last checkpoint
+        to the disk can run while the next step computes.
     """
 
     def __init__(
@@ -327,11 +393,11 @@ class ScratchFiles:
         folder: Path,
         grid: BlockGrid,
         layouts: dict[int, list[Slot]],
-        writeback: bool = False,
+        files: int = 2,
     ) -> None:
         self.folder = folder
         self.grid = grid
-        self._writeback = _sync_file_range() if writeback else None
+        self.files = files
         self._offsets: dict[int, dict[Slot, int]] = {}
         for step, slots in layouts.items():
             offsets: dict[Slot, int] = {}
@@ -345,32 +411,48 @@ class ScratchFiles:
 
     def path(self, step: int) -> Path:
         """Return the path of the file that holds step file ``step``."""
-        return self.folder / f"trailing-{step % 2}.bin"
+        return self.folder / f"trailing-{step % self.files}.bin"
 
     def _fd(self, step: int) -> int:
         with self._lock:
-            fd = self._fds.get(step % 2)
+            fd = self._fds.get(step % self.files)
             if fd is None:
                 fd = os.open(self.path(step), os.O_RDWR | os.O_CREAT, 0o644)
-                self._fds[step % 2] = fd
+                self._fds[step % self.files] = fd
             return fd
 
-    def read(self, step: int, slot: Slot, buffer: np.ndarray) -> int:
-        """Read ``slot`` of step file ``step`` into ``buffer``; return the bytes."""
+    def read(
+        self,
+        step: int,
+        slot: Slot,
+        buffer: np.ndarray,
+        helper: Executor | None = None,
+    ) -> int:
+        """Read ``slot`` of step file ``step`` into ``buffer``; return the bytes.
+
+        With ``helper``, a second thread reads the second half of the block:
+        two threads copied from the page cache at 9.5 GB/s on the 2-core Xeon
+        of the benchmark, one thread at 6.3 GB/s.
+        """
         nbytes = self.grid.nbytes(*slot)
         view = memoryview(buffer).cast("B")[:nbytes]
         fd = self._fd(step)
         offset = self._offsets[step][slot]
-        done = 0
-        while done < nbytes:
-            count = os.preadv(fd, [view[done:]], offset + done)
-            if count == 0:
-                raise OSError(
-                    f"{self.path(step)} ended after {offset + done} bytes while "
-                    f"reading block {slot}; the scratch file is truncated"
-                )
-            done += count
+        what = f"block {slot} of {self.path(step)}; the scratch file is truncated"
+        half = (nbytes // 2) - (nbytes // 2) % 4096
+        if helper is None or half == 0:
+            _pread_full(fd, view, offset, what)
+            return nbytes
+        other = helper.submit(_pread_full, fd, view[half:], offset + half, what)
+        try:
+            _pread_full(fd, view[:half], offset, what)
+        finally:
+            other.result()
         return nbytes
+
+    def prefetch(self, step: int, slot: Slot) -> None:
+        """Ask the kernel to start reading ``slot`` of step file ``step``."""
+        _will_need(self._fd(step), self._offsets[step][slot], self.grid.nbytes(*slot))
 
     def write(self, step: int, slot: Slot, buffer: np.ndarray) -> int:
         """Write ``buffer`` to ``slot`` of step file ``step``; return the bytes."""
@@ -381,9 +463,17 @@ class ScratchFiles:
         done = 0
         while done < nbytes:
             done += os.pwritev(fd, [view[done:]], offset + done)
-        if self._writeback is not None:
-            self._writeback(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
         return nbytes
+
+    def start_writeback(self, step: int, slot: Slot) -> None:
+        """Start writing ``slot`` of step file ``step`` to the disk (Linux
+        ``sync_file_range``), so that the flush before a checkpoint finds
+        little left to do. Does nothing where the call does not exist."""
+        function = _sync_file_range()
+        if function is not None:
+            offset = self._offsets[step][slot]
+            function(self._fd(step), offset, self.grid.nbytes(*slot),
+                     _SYNC_FILE_RANGE_WRITE)
 
     def size(self, step: int) -> int:
         """Return the bytes a complete step file ``step`` has."""
