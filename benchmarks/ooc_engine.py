@@ -169,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-panels", choices=("on", "off", "both"), default="on",
                         help="ooc runs with the panel cache (on, the default), "
                         "without it (off, shown as ooc-nc) or both")
+    parser.add_argument("--no-fsync", action="store_true",
+                        help="run ooc with fsync=false: checkpoints survive a killed "
+                        "process but not a power loss, and two step files "
+                        "suffice instead of three")
     parser.add_argument("--keep-matrix", action="store_true",
                         help="keep the matrix file for a later run")
     args = parser.parse_args(argv)
@@ -238,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         for cache in caches:
             name = "ooc" if cache else "ooc-nc"
-            params = {"method": method, "num_blocks": blocks, "cache_panels": cache}
+            params = {"method": method, "num_blocks": blocks, "cache_panels": cache,
+                      "fsync": not args.no_fsync}
             if args.memory_mb:
-                params = {"method": method, "memory_mb": args.memory_mb,
-                          "cache_panels": cache}
+                del params["num_blocks"]
+                params["memory_mb"] = args.memory_mb
             times, logdet, details = [], 0.0, {}
             for _ in range(args.repeat):
                 seconds, estimate = run_solver(OocSolver, params, path, order, scratch)

@@ -271,19 +271,20 @@ def test_memory_budget_sets_block_count():
     # LU with the cache: n_b + 4 buffers and 1 temporary. n_b = 11 needs
     # 16 * 8 * 91^2 = 1,059,968 bytes, n_b = 12 needs 17 * 8 * 84^2 = 959,616.
     assert blocks("lu", io="threads") == 12
-    # Inline I/O (the default on "cpu") needs two buffers fewer. No cache:
-    # 4 * 8 * 167^2 = 892,448 bytes at n_b = 6, 4 * 8 * 200^2 > 2^20 at n_b = 5.
-    assert blocks("cholesky", cache_panels=False) == 6
-    # Cache, n_b + 1 buffers: 9 * 8 * 125^2 = 1,125,000 bytes at n_b = 8,
-    # 10 * 8 * 112^2 = 1,003,520 at n_b = 9.
-    assert blocks("cholesky") == 9
+    # Inline I/O (the default on "cpu") needs one buffer fewer. No cache:
+    # 5 * 8 * 143^2 = 817,960 bytes at n_b = 7, 5 * 8 * 167^2 > 2^20 at n_b = 6.
+    assert blocks("cholesky", cache_panels=False) == 7
+    # Cache, n_b + 2 buffers: 11 * 8 * 112^2 = 1,103,872 bytes at n_b = 9,
+    # 12 * 8 * 100^2 = 960,000 at n_b = 10.
+    assert blocks("cholesky") == 10
     assert blocks("lu", max_block_order=50) == 20
 
 
 @pytest.mark.parametrize(
     ("io", "count", "size", "buffers"),
-    # threads: n_b + 3 = 6 buffers of order 134; inline: n_b + 1 = 3 of order 200.
-    [("threads", 3, 134, 6), ("inline", 2, 200, 3)],
+    # threads: n_b + 3 = 6 buffers of order 134, and inline n_b + 2 = 5; at
+    # n_b = 2 inline would need 4 * 8 * 200^2 = 1,280,000 bytes > 2^20.
+    [("threads", 3, 134, 6), ("inline", 3, 134, 5)],
 )
 def test_memory_budget_bounds_block_memory(
     handle_factory, tmp_path, io, count, size, buffers

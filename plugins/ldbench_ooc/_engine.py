@@ -368,8 +368,8 @@ class _InlinePipeline:
         self._commit = commit
         # No read runs ahead, and one write runs behind while the next block
         # is read: the pool holds the compute loop's blocks and one more.
-        held = pool_blocks(method, grid.num_blocks, cache_panels, io_threads=False)
-        self.pool = BufferPool(held + 1, grid.max_size**2, backend.allocate_host)
+        count = pool_blocks(method, grid.num_blocks, cache_panels, io_threads=False)
+        self.pool = BufferPool(count, grid.max_size**2, backend.allocate_host)
         self._pending_write: tuple[Future, _CountedBlock] | None = None
         self.writeback = False
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="ooc-read")

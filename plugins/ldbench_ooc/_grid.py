@@ -132,7 +132,8 @@ def pool_blocks(
     n_b - 1 of them besides the diagonal block, the current column panel (LU)
     and the block being updated. With ``io_threads``, two more buffers let the
     next block be read and the previous one be written while BLAS works on
-    the current ones.
+    the current ones. Without, one more buffer holds the block being written
+    while the compute thread reads the next one.
     """
     if not cache_panels:
         held = 4
@@ -140,7 +141,7 @@ def pool_blocks(
         held = num_blocks + 1
     else:
         held = num_blocks + 2
-    return held + 2 if io_threads else held
+    return held + 2 if io_threads else held + 1
 
 
 def workspace_blocks(method: str) -> int:
