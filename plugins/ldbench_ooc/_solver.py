@@ -100,7 +100,8 @@ class OocSolver(Solver):
             True,
             bool,
             help="Flush each step file to disk before its checkpoint, so it "
-            "survives a power loss and not only a killed process.",
+            "survives a power loss and not only a killed process; takes three "
+            "step files instead of two.",
         ),
         "cache_panels": Param(
             True,
