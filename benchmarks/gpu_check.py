@@ -122,7 +122,8 @@ def check_ooc(workdir: Path, device: str, order: int | None, rho: float = 0.5) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default=None, help="folder for stores and scratch")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="folder for stores and scratch (created if missing)")
     parser.add_argument("--n", type=int, default=500, help="CIFAR-size images in the NTK")
     parser.add_argument("--ooc-order", type=int, default=None,
                         help="order of the ooc matrix (default: a quarter of GPU memory)")
@@ -141,6 +142,8 @@ def main() -> None:
         devices = ("cuda", "cuda")
         print(f"GPU: {torch.cuda.get_device_name(0)}; torch.mm float64 "
               f"{cuda_mm_tflops():.2f} TFLOP/s")
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="ldbench-gpu-") as tmp:
         check_ntk(Path(tmp), args.n, devices[0])
         check_ooc(Path(tmp), devices[1], args.ooc_order)
