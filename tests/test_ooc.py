@@ -9,16 +9,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import scipy.linalg
-
-from ldbench import MatrixHandle, MatrixInfo, ParameterError, SolveContext, SolverError
-from ldbench import Structure
-from ldbench.testing import CHECKS, ConformanceError, run_check
 from ldbench_ooc import (
     BlockGrid,
     MatrixInput,
@@ -27,6 +22,16 @@ from ldbench_ooc import (
     input_from_file,
     io_volume,
 )
+
+from ldbench import (
+    MatrixHandle,
+    MatrixInfo,
+    ParameterError,
+    SolveContext,
+    SolverError,
+    Structure,
+)
+from ldbench.testing import CHECKS, ConformanceError, run_check
 
 DEVICES = ("cpu", "torch-cpu")
 METHODS = ("cholesky", "ldl", "lu")
@@ -419,6 +424,86 @@ def test_mismatched_checkpoint_is_ignored(tmp_path):
     _, expected = np.linalg.slogdet(other)
     assert result.details["resumed_from_step"] == 0
     assert relative(result.logabsdet, expected) < RTOL
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("first", [True, False])
+def test_checkpoint_of_other_fsync_setting_is_ignored(tmp_path, method, first):
+    # fsync = true rotates step files over three files, false over two, so a
+    # checkpoint of one setting must not be resumed by the other.
+    array = random_matrices(120)[method]
+    workdir = tmp_path / "work"
+    with pytest.raises(OSError):
+        factorize(MatrixInput(array, 120, "a"), method, 6, workdir, fsync=first,
+                  keep_on_failure=True, on_step=_raise_at(3))
+    result = factorize(MatrixInput(array, 120, "a"), method, 6, workdir,
+                       fsync=not first)
+    _, expected = np.linalg.slogdet(array)
+    assert result.details["resumed_from_step"] == 0
+    assert relative(result.logabsdet, expected) < RTOL
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[]", "null", '{"format": 2}', "BAD",
+     "NEXT_STEP_99", "NEXT_STEP_1_WITH_4_PARTS", "NAN_PART"],
+)
+def test_malformed_or_inconsistent_checkpoint_starts_over(tmp_path, content):
+    import json
+
+    array = random_matrices(120)["lu"]
+    workdir = tmp_path / "work"
+    with pytest.raises(OSError):
+        factorize(MatrixInput(array, 120, "a"), "lu", 6, workdir,
+                  keep_on_failure=True, on_step=_raise_at(3))
+    state = workdir / "state.json"
+    record = json.loads(state.read_text())
+    assert record["next_step"] == 4
+    if content == "NEXT_STEP_99":
+        record["next_step"] = 99
+        content = json.dumps(record)
+    elif content == "NEXT_STEP_1_WITH_4_PARTS":
+        record["next_step"] = 1
+        content = json.dumps(record)
+    elif content == "NAN_PART":
+        record["parts"][1][0] = float("nan")
+        content = json.dumps(record)
+    state.write_text(content)
+    result = factorize(MatrixInput(array, 120, "a"), "lu", 6, workdir)
+    _, expected = np.linalg.slogdet(array)
+    assert result.details["resumed_from_step"] == 0
+    assert relative(result.logabsdet, expected) < RTOL
+
+
+def test_second_process_on_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    from ldbench_ooc._engine import FolderBusy
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    holder = os.open(workdir / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        array = random_matrices(60)["lu"]
+        with pytest.raises(FolderBusy, match="another process is factoring"):
+            factorize(MatrixInput(array, 60, "a"), "lu", 3, workdir)
+        assert (workdir / "lock").exists()
+    finally:
+        os.close(holder)
+
+
+def test_complex_input_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="convert it to float64"):
+        MatrixInput(np.eye(4, dtype=complex), 4, "a")
+
+
+def test_unknown_method_and_infinite_budget_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="'qr' is not one of cholesky, ldl, lu"):
+        factorize(MatrixInput(np.eye(4), 4, "a"), "qr", 2, tmp_path / "w")
+    for budget in (float("nan"), float("inf")):
+        with pytest.raises(ParameterError, match="memory_mb=.* is not a finite"):
+            OocSolver(memory_mb=budget)
 
 
 CHILD = textwrap.dedent(

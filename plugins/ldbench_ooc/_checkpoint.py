@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,15 @@ def save_state(
 
 
 def load_state(
-    folder: Path, identity: dict[str, Any]
+    folder: Path, identity: dict[str, Any], num_blocks: int
 ) -> tuple[int, list[BlockLogdet]] | None:
-    """Return ``(next_step, parts)`` of a matching checkpoint, or ``None``."""
+    """Return ``(next_step, parts)`` of a matching checkpoint, or ``None``.
+
+    A checkpoint that cannot be read, belongs to another configuration or is
+    not consistent (``next_step`` outside ``1 .. num_blocks - 1``, another
+    number of parts, a log-determinant that is not finite) is ignored with a
+    warning, and the factorisation starts over.
+    """
     path = folder / STATE_NAME
     if not path.exists():
         return None
@@ -69,14 +76,35 @@ def load_state(
     except (OSError, ValueError) as exc:
         logger.warning("ignoring unreadable checkpoint %s: %s", path, exc)
         return None
+    if not isinstance(record, dict):
+        logger.warning("ignoring checkpoint %s: it is not a JSON object", path)
+        return None
     if record.get("format") != FORMAT or record.get("identity") != identity:
         logger.warning(
             "ignoring checkpoint %s: it belongs to another matrix or configuration",
             path,
         )
         return None
-    parts = [
-        BlockLogdet(float(logabsdet), float(sign), dict(counts))
-        for logabsdet, sign, counts in record["parts"]
-    ]
-    return int(record["next_step"]), parts
+    try:
+        next_step = record["next_step"]
+        parts = [
+            BlockLogdet(float(logabsdet), float(sign), dict(counts))
+            for logabsdet, sign, counts in record["parts"]
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.warning("ignoring malformed checkpoint %s: %r", path, exc)
+        return None
+    consistent = (
+        isinstance(next_step, int)
+        and 1 <= next_step < num_blocks
+        and len(parts) == next_step
+        and all(math.isfinite(part.logabsdet) and part.sign in (-1.0, 1.0)
+                for part in parts)
+    )
+    if not consistent:
+        logger.warning(
+            "ignoring inconsistent checkpoint %s: next_step=%r with %d parts",
+            path, next_step, len(parts),
+        )
+        return None
+    return next_step, parts

@@ -20,7 +20,9 @@ checkpoint, so a killed run resumes from the last finished step.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 import threading
 import time
@@ -34,6 +36,7 @@ from ldbench import SolverError
 
 from ._checkpoint import load_state, save_state
 from ._grid import (
+    METHODS,
     SYMMETRIC_METHODS,
     BlockGrid,
     io_volume,
@@ -721,9 +724,14 @@ def factorize(
         "sizes": list(grid.sizes),
         "device": device,
         "cache_panels": cache_panels,
+        # The step files rotate over 3 files with fsync and 2 without.
+        "fsync": fsync,
     }
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_folder(workdir)
     scratch = ScratchFiles(
         workdir, grid, step_layouts(grid, method, cache_panels), files=3 if fsync else 2
     )
@@ -747,13 +755,38 @@ def factorize(
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             logger.info("kept the checkpoint in %s for a later run to resume", workdir)
+        os.close(lock)
+
+
+class FolderBusy(RuntimeError):
+    """Another process is factoring in the same checkpoint folder."""
+
+
+def _lock_folder(workdir: Path) -> int:
+    """Lock ``workdir`` for this process and return the lock's descriptor.
+
+    Raises
+    ------
+    FolderBusy
+        When another process holds the lock.
+    """
+    fd = os.open(workdir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FolderBusy(
+            f"another process is factoring in {workdir}; wait for it to finish, "
+            "or give this run another checkpoint folder (checkpoint_dir)"
+        ) from None
+    return fd
 
 
 def _resume_point(
     workdir: Path, identity: dict[str, Any], scratch: ScratchFiles
 ) -> tuple[int, list[BlockLogdet]]:
     """Return the first step to run and the log-dets of the finished ones."""
-    state = load_state(workdir, identity)
+    state = load_state(workdir, identity, scratch.grid.num_blocks)
     if state is None:
         return 0, []
     start, parts = state

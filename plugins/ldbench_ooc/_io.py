@@ -106,7 +106,13 @@ class MatrixInput:
     """
 
     def __init__(self, array: Any, order: int, identity: str) -> None:
-        shape = tuple(array.shape)
+        shape = tuple(getattr(array, "shape", ()))
+        dtype = np.dtype(getattr(array, "dtype", np.float64))
+        if dtype.kind not in "fiub":
+            raise ValueError(
+                f"the input has entries of type {dtype}, but the engine factors "
+                "real matrices; convert it to float64"
+            )
         if len(shape) != 2 or shape[0] < order or shape[1] < order:
             raise ValueError(
                 f"the input of shape {shape} has no leading block of order {order}"
@@ -332,11 +338,17 @@ def input_from_file(path: Path, dataset: str = "matrix", order: int | None = Non
     handle = h5py.File(path, "r")
     try:
         array = handle[dataset]
+        if not isinstance(array, h5py.Dataset):
+            raise TypeError(f"{dataset!r} in {str(path)!r} is a group, not a dataset")
+        if order is None:
+            order = array.shape[0] if array.shape else 0
+        source = MatrixInput(array, order, identity)
     except KeyError:
         handle.close()
         raise ValueError(f"dataset {dataset!r} not found in {str(path)!r}") from None
-    order = array.shape[0] if order is None else order
-    source = MatrixInput(array, order, identity)
+    except BaseException:
+        handle.close()
+        raise
 
     def close() -> None:
         source.close()
@@ -461,8 +473,16 @@ class ScratchFiles:
         fd = self._fd(step)
         offset = self._offsets[step][slot]
         done = 0
-        while done < nbytes:
-            done += os.pwritev(fd, [view[done:]], offset + done)
+        try:
+            while done < nbytes:
+                done += os.pwritev(fd, [view[done:]], offset + done)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"writing block {slot} to {self.path(step)} failed: {exc.strerror}. "
+                "Free space on that disk or choose another scratch folder "
+                "(checkpoint_dir, or the run folder that --out names)",
+            ) from exc
         return nbytes
 
     def start_writeback(self, step: int, slot: Slot) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -126,7 +127,14 @@ class OocSolver(Solver):
     device: ClassVar[str] = "cpu"
 
     def validate(self) -> None:
-        """Mark CUDA configurations as GPU work, for pricing and reports."""
+        """Reject a memory budget that is not finite, and mark CUDA
+        configurations as GPU work, for pricing and reports."""
+        budget = self.params["memory_mb"]
+        if not math.isfinite(budget):
+            raise ParameterError(
+                f"solver 'ooc': memory_mb={budget} is not a finite number of MiB; "
+                "give the memory for block buffers, such as memory_mb = 2048"
+            )
         if self.params["device"] == "cuda":
             # The instance attribute shadows the class default of "cpu".
             self.device = "gpu"
