@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import pytest
 from conftest import form_dense
 from ldbench_matern import (
+    DESIGNS,
     MaternSource,
     coregionalization_matrix,
+    design_points,
     ldbench_register_sources,
     matern_correlation,
     sample_points,
@@ -164,6 +167,9 @@ def test_order_checks():
         ({"nugget": -1e-3}, "'nugget' = -0.001"),
         ({"sort_points": True, "dim": 2}, "dim = 2"),
         ({"outputs": 0}, "'outputs' = 0"),
+        ({"design": "grid"}, "'design'"),
+        ({"candidates": 0}, "'candidates' = 0"),
+        ({"sort_points": True, "dim": 1, "design": "halton"}, "design = 'halton'"),
     ],
 )
 def test_bad_parameters_name_value(params, fragment):
@@ -256,3 +262,85 @@ def test_exponential_10k_memdet_closed_form(tmp_path):
         handle.close()
     assert estimate.sign == 1.0
     assert abs(estimate.logabsdet - expected) <= 1e-10 * abs(expected)
+
+
+# --- point designs --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_design_points_in_cube_and_seeded(design):
+    kwargs = {"n": 80, "dim": 2, "length_scale": 0.3, "design": design}
+    points = MaternSource(seed=4, **kwargs).points
+    assert points.shape == (80, 2)
+    assert ((points >= 0.0) & (points < 1.0)).all()
+    assert len(np.unique(points, axis=0)) == 80
+    assert np.array_equal(points, MaternSource(seed=4, **kwargs).points)
+    assert not np.allclose(points, MaternSource(seed=5, **kwargs).points)
+
+
+def test_random_design_is_default():
+    source = MaternSource(n=30, dim=3, seed=7)
+    assert source.params["design"] == "random"
+    assert np.array_equal(source.points, sample_points(30, 3, 7))
+
+
+@pytest.mark.parametrize("design", ["random", "halton", "sobol"])
+def test_sequence_designs_prefix_stable(design):
+    assert np.array_equal(
+        design_points(50, 2, 8, design)[:20], design_points(20, 2, 8, design)
+    )
+
+
+def test_maximin_distances_do_not_grow():
+    points = design_points(200, 2, 1, "maximin", candidates=6)
+    distance = [
+        np.min(np.linalg.norm(points[:k] - points[k], axis=1)) for k in range(1, 200)
+    ]
+    assert np.all(np.diff(distance) <= 1e-15)
+
+
+def log_pivot_scatter(source: MaternSource, first: int) -> float:
+    """Return the standard deviation of the log Cholesky pivots of k >= first
+    about a straight line in log k."""
+    pivots = np.diagonal(np.linalg.cholesky(form_dense(source))) ** 2
+    k = np.arange(first, source.params["n"] + 1)
+    logs = np.log(pivots[k - 1])
+    design = np.column_stack([np.ones(k.size), np.log(k)])
+    residual = logs - design @ np.linalg.lstsq(design, logs, rcond=None)[0]
+    return float(np.std(residual))
+
+
+def test_maxvar_conditional_variances_do_not_grow():
+    """Each maxvar point has the largest conditional variance among the
+    candidates, so the Cholesky pivots of K in design order never grow."""
+    source = MaternSource(n=150, dim=2, nu=1.5, length_scale=0.3, design="maxvar")
+    pivots = np.diagonal(np.linalg.cholesky(form_dense(source))) ** 2
+    assert pivots[0] == 1.0
+    assert np.all(np.diff(pivots) <= 1e-12)
+
+
+def test_maxvar_pivots_smoother_than_random():
+    """The log pivots are the increments of one output. For random points
+    they scatter with the gaps between neighbours."""
+    kwargs = {"n": 150, "dim": 2, "nu": 1.5, "length_scale": 0.3}
+    assert log_pivot_scatter(MaternSource(design="maxvar", **kwargs), 31) < 0.05
+    assert log_pivot_scatter(MaternSource(design="random", **kwargs), 31) > 0.5
+
+
+def test_maxvar_falls_back_to_distance(caplog):
+    """A squared-exponential kernel with a long length scale leaves no
+    conditional variance above the floor after a few points. The remaining
+    points are then placed by distance and stay distinct."""
+    source = MaternSource(n=60, dim=2, nu=math.inf, length_scale=2.0, design="maxvar")
+    with caplog.at_level(logging.WARNING, logger="ldbench_matern._model"):
+        points = source.points
+    assert "placed by distance" in caplog.text
+    assert len(np.unique(points, axis=0)) == 60
+
+
+def test_maxvar_memory_guard():
+    source = MaternSource(n=100, design="maxvar", candidates=8)
+    assert source.params["candidates"] == 8
+    source.design_bytes = 8 * 8 * 100**2 - 1
+    with pytest.raises(ParameterError, match="lower candidates or use design"):
+        source.validate()

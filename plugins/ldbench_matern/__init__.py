@@ -1,8 +1,9 @@
-"""Matern covariance matrices on seeded random points.
+"""Matern covariance matrices on seeded points.
 
-The ``matern`` source forms the Matern kernel matrix of n uniform random
-points in the unit cube, optionally with several outputs coupled by a
-coregionalization matrix. See :class:`MaternSource` for the parameters.
+The ``matern`` source forms the Matern kernel matrix of n points in the unit
+cube (uniform random points or a space-filling design), optionally with
+several outputs coupled by a coregionalization matrix. See
+:class:`MaternSource` for the parameters.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from collections.abc import Callable
 from ldbench import hookimpl
 
 from ._kernel import matern_correlation
-from ._model import coregionalization_matrix, sample_points
+from ._model import DESIGNS, coregionalization_matrix, design_points, sample_points
 from ._source import MaternSource
 
 __all__ = [
+    "DESIGNS",
     "MaternSource",
     "coregionalization_matrix",
+    "design_points",
     "ldbench_register_sources",
     "matern_correlation",
     "sample_points",

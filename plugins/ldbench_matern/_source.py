@@ -19,7 +19,12 @@ from ldbench import (
 )
 
 from ._kernel import matern_correlation
-from ._model import coregionalization_matrix, exponential_logdet_1d, sample_points
+from ._model import (
+    DESIGNS,
+    coregionalization_matrix,
+    design_points,
+    exponential_logdet_1d,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +35,13 @@ _BESSEL_KERNEL_FLOPS = 40.0
 
 
 class MaternSource(MatrixSource):
-    """Matern covariance matrix of seeded uniform random points.
+    """Matern covariance matrix of seeded points in the unit cube.
 
-    The n points are drawn uniformly from ``[0, 1)**dim`` with
-    :func:`sample_points`, and the kernel is
+    The n points of ``[0, 1)**dim`` come from :func:`design_points`: by
+    default independent uniform draws (``design = "random"``), or a
+    scrambled Halton or Sobol' sequence, or a farthest-point (``maximin``)
+    or largest-conditional-variance (``maxvar``) order of ``candidates * n``
+    scrambled Halton points. The kernel is
 
         k(x, y) = variance * matern_correlation(|x - y| / length_scale, nu)
 
@@ -49,11 +57,18 @@ class MaternSource(MatrixSource):
     :func:`exponential_logdet_1d`), and
     ``log det kron(K, B) = d log det K + k log det B``.
 
+    The design sets how regularly the leading log-determinants grow with k,
+    which is what FLODANCE extrapolates: see ``docs/flodance.md``. ``maxvar``
+    ranks candidates by the noise-free correlation (the nugget is ignored).
+
     Attributes
     ----------
     block_bytes
         Memory budget, in bytes, of the working arrays of one strip of
         samples during :meth:`form`.
+    design_bytes
+        Largest Cholesky factor of the candidates, ``8 * candidates * n**2``
+        bytes, that the ``maxvar`` design may allocate.
     """
 
     name: ClassVar[str] = "matern"
@@ -78,9 +93,24 @@ class MaternSource(MatrixSource):
         "sort_points": Param(
             False, bool, "sort the points in increasing order (dim = 1 only)"
         ),
+        "design": Param(
+            "random",
+            str,
+            "point design: independent uniform draws, a scrambled Halton or "
+            "Sobol' sequence, or a farthest-point (maximin) or "
+            "largest-conditional-variance (maxvar) order of candidate points",
+            choices=DESIGNS,
+        ),
+        "candidates": Param(
+            8,
+            int,
+            "candidate points per point of the maximin and maxvar designs",
+            minimum=1,
+        ),
     }
 
     block_bytes: int = 256 * 2**20
+    design_bytes: int = 4 * 2**30
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -100,14 +130,46 @@ class MaternSource(MatrixSource):
                 f"{owner}: sort_points = True needs dim = 1, got dim = {p['dim']}; "
                 f"set dim = 1 or sort_points = false"
             )
+        if p["sort_points"] and p["design"] != "random":
+            raise ParameterError(
+                f"{owner}: sort_points = True would discard the order of design "
+                f"= {p['design']!r}; set design = 'random' or sort_points = false"
+            )
+        if p["design"] == "maxvar":
+            needed = 8 * p["candidates"] * p["n"] ** 2
+            if needed > self.design_bytes:
+                raise ParameterError(
+                    f"{owner}: design = 'maxvar' with n = {p['n']} and candidates "
+                    f"= {p['candidates']} needs {needed / 2**30:.3g} GiB for the "
+                    f"Cholesky factor of its candidates, more than the "
+                    f"{self.design_bytes / 2**30:.3g} GiB allowed; lower candidates "
+                    f"or use design = 'maximin'"
+                )
 
     @property
     def points(self) -> np.ndarray:
         """The n points, an array of shape ``(n, dim)``."""
         if self._points is None:
             p = self.params
-            self._points = sample_points(p["n"], p["dim"], p["seed"], p["sort_points"])
+            # NOTE: every process that forms a block computes the design again,
+            # so the formation time of each leading block includes its cost.
+            points = design_points(
+                p["n"],
+                p["dim"],
+                p["seed"],
+                p["design"],
+                p["candidates"],
+                self._correlation,
+            )
+            if p["sort_points"]:
+                points = np.sort(points, axis=0)
+            self._points = points
         return self._points
+
+    def _correlation(self, distances: np.ndarray) -> np.ndarray:
+        """Return the Matern correlation at Euclidean ``distances``."""
+        p = self.params
+        return matern_correlation(distances / p["length_scale"], p["nu"])
 
     def coregionalization(self) -> np.ndarray:
         """Return the ``d x d`` coregionalization matrix B."""
@@ -144,7 +206,10 @@ class MaternSource(MatrixSource):
             block_size=d,
             logdet=None if exact is None else exact[1],
             sign=None if exact is None else exact[0],
-            description=f"matern nu={p['nu']:g} dim={p['dim']} d={d} m={order}",
+            description=(
+                f"matern nu={p['nu']:g} dim={p['dim']} d={d} m={order}"
+                + ("" if p["design"] == "random" else f" design={p['design']}")
+            ),
         )
 
     def form(self, order: int, out: BlockWriter) -> None:
