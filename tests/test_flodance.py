@@ -7,6 +7,13 @@ import math
 
 import numpy as np
 import pytest
+from ldbench_flodance import (
+    FitSettings,
+    FlodanceSolver,
+    fit_scaling_law,
+    laurent_sums,
+    ldbench_register_solvers,
+)
 from scipy.special import gammaln
 
 from ldbench import (
@@ -15,13 +22,6 @@ from ldbench import (
     SolveContext,
     SolverError,
     Structure,
-)
-from ldbench_flodance import (
-    FitSettings,
-    FlodanceSolver,
-    fit_scaling_law,
-    laurent_sums,
-    ldbench_register_solvers,
 )
 
 
@@ -281,6 +281,8 @@ def test_default_n0_keeps_valid_window():
 def test_label_and_structure():
     assert FlodanceSolver(n_s=500).label() == "n_s=500, q=0"
     assert FlodanceSolver(fraction=0.25, q=2).label() == "fraction=0.25, q=2"
+    weighted = FlodanceSolver(fraction=0.1, q=2, select_q=True, weight_power=2.0)
+    assert weighted.label() == "fraction=0.1, q<=2 (auto), weight_power=2"
     assert FlodanceSolver(n_s=500).required_structure() is Structure.SPD
     ldl = FlodanceSolver(n_s=500, method="ldl")
     assert ldl.required_structure() is Structure.SYMMETRIC
@@ -394,7 +396,9 @@ def test_interval_level_scales_width():
     logdets = np.cumsum(increments + 0.3 * rng.standard_normal(n))[:n_s]
     widths = {}
     for level in (0.5, 0.95, 0.99):
-        fit = fit_scaling_law(logdets, n0=10, n=n, q=0, settings=FitSettings(level=level))
+        fit = fit_scaling_law(
+            logdets, n0=10, n=n, q=0, settings=FitSettings(level=level)
+        )
         low, high = fit.interval
         assert (low + high) / 2 == pytest.approx(fit.logdet)
         widths[level] = (high - low) / 2 / fit.stderr
@@ -429,7 +433,9 @@ def test_misfit_widens_interval_for_bent_law():
 def test_select_q_respects_max_q():
     n_s, n = 200, 1000
     logdets = np.cumsum(law_increments(np.arange(1, n + 1), 0.5, [0.9, 40.0]))
-    fit = fit_scaling_law(logdets[:n_s], n0=10, n=n, q=None, settings=FitSettings(max_q=1))
+    fit = fit_scaling_law(
+        logdets[:n_s], n0=10, n=n, q=None, settings=FitSettings(max_q=1)
+    )
     assert set(fit.q_scores) == {0, 1}
     assert fit.q == 1
 

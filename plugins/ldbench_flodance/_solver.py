@@ -21,8 +21,7 @@ from ldbench import (
     Structure,
 )
 
-from ._curve import LeadingCurve, leading_logdets
-from ._curve import pseudo_logdet
+from ._curve import LeadingCurve, leading_logdets, pseudo_logdet
 from ._fit import FitSettings, ScalingFit, fit_scaling_law
 
 logger = logging.getLogger(__name__)
@@ -210,7 +209,8 @@ class FlodanceSolver(Solver):
         return Structure.SYMMETRIC
 
     def label(self) -> str:
-        """Return settings such as ``"n_s=500, q=0"``."""
+        """Return settings such as ``"n_s=500, q=0"``. A nonzero weight_power
+        is named too, so rows that differ only in it stay apart."""
         if self.params["n_s"] is not None:
             parts = [f"n_s={self.params['n_s']}"]
         elif self.params["fraction"] is not None:
@@ -219,8 +219,10 @@ class FlodanceSolver(Solver):
             parts = [f"budget={self.params['budget_flops']:.3g} flop"]
         else:
             parts = [
-                f"budget={self.params['budget_seconds']:g} s at "
-                f"{self.params['gflops']:g} GFLOP/s"
+                (
+                    f"budget={self.params['budget_seconds']:g} s at "
+                    f"{self.params['gflops']:g} GFLOP/s"
+                )
             ]
         if self.params["n0"] is not None:
             parts.append(f"n0={self.params['n0']}")
@@ -228,6 +230,8 @@ class FlodanceSolver(Solver):
             parts.append(f"q<={self.params['q']} (auto)")
         else:
             parts.append(f"q={self.params['q']}")
+        if self.params["weight_power"]:
+            parts.append(f"weight_power={self.params['weight_power']:g}")
         if self.params["method"] != "cholesky":
             parts.append("LDL")
         return ", ".join(parts)
