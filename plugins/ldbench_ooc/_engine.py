@@ -174,8 +174,8 @@ def step_flops(grid: BlockGrid, method: str, k: int) -> float:
     return 2 * size**3 / 3 + 2 * total_rest * size**2 + 2 * total_rest**2 * size
 
 
-class _Pipeline:
-    """Reader and writer threads around the compute loop of one run."""
+class _PipelineBase:
+    """What both pipelines share: the schedule of one run and its checks."""
 
     def __init__(
         self,
@@ -194,11 +194,56 @@ class _Pipeline:
         self.backend = backend
         self.counters = _Counters()
         self.reads, writes = schedule(grid, method, start, cache_panels)
-        # A read of a block that this run writes waits until it is written.
-        self._written = {key: threading.Event() for key in writes}
+        self.writes = writes
         self._write_order = iter(writes)
         self._commit = commit
+        self._cursor = 0
         self.writeback = False
+
+    def _next_read(self, file: int, slot: Slot) -> int:
+        """Return the schedule index of this read, checking the compute loop's order."""
+        expected = self.reads[self._cursor]
+        if expected != (file, slot):
+            raise RuntimeError(
+                f"the compute loop asked for {(file, slot)} but read "
+                f"{self._cursor} of the schedule is {expected}; this is a bug"
+            )
+        self._cursor += 1
+        return self._cursor - 1
+
+    def _next_write(self, file: int, slot: Slot) -> None:
+        """Check that this write is the next one of the schedule."""
+        expected = next(self._write_order)
+        if expected != (file, slot):
+            raise RuntimeError(
+                f"the compute loop wrote {(file, slot)} but the schedule expects "
+                f"{expected}; this is a bug"
+            )
+
+    def data(self, held: _CountedBlock) -> Any:
+        """Return the array of a held block to compute on."""
+        return self.backend.ready(held.block)
+
+
+class _Pipeline(_PipelineBase):
+    """Reader and writer threads around the compute loop of one run."""
+
+    def __init__(
+        self,
+        grid: BlockGrid,
+        method: str,
+        source: MatrixInput | None,
+        scratch: ScratchFiles,
+        backend: Any,
+        start: int,
+        commit: Callable[[int], None],
+        cache_panels: bool = False,
+    ) -> None:
+        super().__init__(
+            grid, method, source, scratch, backend, start, commit, cache_panels
+        )
+        # A read of a block that this run writes waits until it is written.
+        self._written = {key: threading.Event() for key in self.writes}
         self._abort = threading.Event()
         self.pool = BufferPool(
             pool_blocks(method, grid.num_blocks, cache_panels),
@@ -209,7 +254,6 @@ class _Pipeline:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ooc-write")
         self._pending_writes: list[Future] = []
         self._futures = [self._reader.submit(self._read, key) for key in self.reads]
-        self._cursor = 0
 
     # Reader thread -------------------------------------------------------
 
@@ -260,35 +304,20 @@ class _Pipeline:
 
     def take(self, file: int, slot: Slot) -> _CountedBlock:
         """Return the next block read, which must be ``slot`` of ``file``."""
-        expected = self.reads[self._cursor]
-        if expected != (file, slot):
-            raise RuntimeError(
-                f"the compute loop asked for {(file, slot)} but read "
-                f"{self._cursor} of the schedule is {expected}; this is a bug"
-            )
-        future = self._futures[self._cursor]
-        self._futures[self._cursor] = None
-        self._cursor += 1
+        index = self._next_read(file, slot)
+        future = self._futures[index]
+        self._futures[index] = None
         started = time.perf_counter()
         held = future.result()
         self.counters.add("io_wait_seconds", time.perf_counter() - started)
         return held
-
-    def data(self, held: _CountedBlock) -> Any:
-        """Return the array of a held block to compute on."""
-        return self.backend.ready(held.block)
 
     def write(self, file: int, slot: Slot, held: _CountedBlock) -> None:
         """Queue ``held`` for writing into ``slot`` of step file ``file``.
 
         The write takes its own reference, so the caller still drops its own.
         """
-        expected = next(self._write_order)
-        if expected != (file, slot):
-            raise RuntimeError(
-                f"the compute loop wrote {(file, slot)} but the schedule expects "
-                f"{expected}; this is a bug"
-            )
+        self._next_write(file, slot)
         staged = self.backend.stage_out(held.block)
         with self.counters.lock:
             held.refs += 1
@@ -331,7 +360,7 @@ class _Pipeline:
         self._writer.shutdown(wait=True, cancel_futures=True)
 
 
-class _InlinePipeline:
+class _InlinePipeline(_PipelineBase):
     """Reads and writes in the compute thread, between BLAS calls.
 
     On a machine with few cores, a background reader or writer takes a core
@@ -361,24 +390,17 @@ class _InlinePipeline:
         commit: Callable[[int], None],
         cache_panels: bool = False,
     ) -> None:
-        self.grid = grid
-        self.source = source
-        self.scratch = scratch
-        self.backend = backend
-        self.counters = _Counters()
-        self.reads, writes = schedule(grid, method, start, cache_panels)
-        self._write_order = iter(writes)
-        self._commit = commit
+        super().__init__(
+            grid, method, source, scratch, backend, start, commit, cache_panels
+        )
         # No read runs ahead, and one write runs behind while the next block
         # is read: the pool holds the compute loop's blocks and one more.
         count = pool_blocks(method, grid.num_blocks, cache_panels, io_threads=False)
         self.pool = BufferPool(count, grid.max_size**2, backend.allocate_host)
         self._pending_write: tuple[Future, _CountedBlock] | None = None
-        self.writeback = False
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="ooc-read")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="ooc-commit")
         self._commits: dict[int, Future] = {}
-        self._cursor = 0
         self._prefetch(0)
 
     def _prefetch(self, index: int) -> None:
@@ -392,13 +414,7 @@ class _InlinePipeline:
 
     def take(self, file: int, slot: Slot) -> _CountedBlock:
         """Read and return the next block, which must be ``slot`` of ``file``."""
-        expected = self.reads[self._cursor]
-        if expected != (file, slot):
-            raise RuntimeError(
-                f"the compute loop asked for {(file, slot)} but read "
-                f"{self._cursor} of the schedule is {expected}; this is a bug"
-            )
-        self._cursor += 1
+        self._next_read(file, slot)
         started = time.perf_counter()
         buffer = self.pool.acquire(wait=False)
         if buffer is None:
@@ -427,19 +443,10 @@ class _InlinePipeline:
         self.counters.add("io_wait_seconds", seconds)
         return _CountedBlock(block)
 
-    def data(self, held: _CountedBlock) -> Any:
-        """Return the array of a held block to compute on."""
-        return self.backend.ready(held.block)
-
     def write(self, file: int, slot: Slot, held: _CountedBlock) -> None:
         """Start writing ``held`` into ``slot`` of step file ``file`` on the
         helper thread; the next read or checkpoint waits for it."""
-        expected = next(self._write_order)
-        if expected != (file, slot):
-            raise RuntimeError(
-                f"the compute loop wrote {(file, slot)} but the schedule expects "
-                f"{expected}; this is a bug"
-            )
+        self._next_write(file, slot)
         started = time.perf_counter()
         self._wait_write()
         # Step file s takes the place on disk of step file s - files, which the
