@@ -175,7 +175,7 @@ def step_flops(grid: BlockGrid, method: str, k: int) -> float:
 
 
 class _PipelineBase:
-    """What both pipelines share: the schedule of one run and its checks."""
+    """Base of both pipelines: the schedule of one run and its order checks."""
 
     def __init__(
         self,
@@ -368,9 +368,9 @@ class _InlinePipeline(_PipelineBase):
     of every call. On the 2-core Xeon of the benchmark, order 15,000 with
     n_b = 8 took 12.1 s with background I/O threads and 9.6 s with the same
     copies done between BLAS calls, against 8.7 s for the block kernels with
-    no I/O at all. Here the compute thread reads each block itself, and a
-    helper thread writes the previous block meanwhile, or else reads half of
-    the block; both copies run while BLAS is idle. The compute thread also
+    no I/O at all. Here the compute thread reads each block itself. Meanwhile
+    a helper thread writes the previous block, or else reads half of the
+    block, so both copies run while BLAS is idle. The compute thread also
     asks the kernel to start reading the next block into its cache
     (``posix_fadvise``), so that a block on disk is usually cached by the
     time it is needed. With ``fsync``, checkpoints

@@ -136,12 +136,12 @@ def pool_blocks(
     while the compute thread reads the next one.
     """
     if not cache_panels:
-        held = 4
+        in_use = 4
     elif method in SYMMETRIC_METHODS:
-        held = num_blocks + 1
+        in_use = num_blocks + 1
     else:
-        held = num_blocks + 2
-    return held + 2 if io_threads else held + 1
+        in_use = num_blocks + 2
+    return in_use + 2 if io_threads else in_use + 1
 
 
 def workspace_blocks(method: str) -> int:

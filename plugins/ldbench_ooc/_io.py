@@ -60,8 +60,10 @@ class BufferPool:
         self.nbytes = count * elements * ITEMSIZE
 
     def acquire(self, wait: bool = True) -> np.ndarray | None:
-        """Return a free buffer, waiting for one to be released; with
-        ``wait=False``, return ``None`` when none is free."""
+        """Return a free buffer, waiting for one to be released.
+
+        With ``wait=False``, return ``None`` at once when no buffer is free.
+        """
         with self._cond:
             if not wait and not self._free and not self._closed:
                 return None
@@ -185,7 +187,10 @@ def _pread_full(fd: int, view: memoryview, offset: int, what: str) -> None:
 
 
 def _will_need(fd: int, offset: int, nbytes: int) -> None:
-    """Start read-ahead of a file range (``POSIX_FADV_WILLNEED``); never fail."""
+    """Start read-ahead of a file range (``POSIX_FADV_WILLNEED``).
+
+    The hint is optional, so an error from the call is ignored.
+    """
     advise = getattr(os, "posix_fadvise", None)
     if advise is not None:
         try:
@@ -379,9 +384,9 @@ class ScratchFiles:
     Step file s holds what step s - 1 wrote: the blocks of the trailing
     matrix that step s starts from, and the transformed panel of step s - 1.
     Each step file is laid out compactly from the list of its slots. Step
-    files rotate over a few files on disk, ``trailing-<s mod files>.bin``, so
-    that after the first steps every write lands on pages that the page
-    cache already holds instead of allocating new ones. The engine makes sure
+    files rotate over a few files on disk, ``trailing-<s mod files>.bin``. After
+    the first steps, every write then lands on pages that are already in the
+    page cache instead of allocating new ones. The engine makes sure
     that a newer checkpoint exists before a step overwrites the file that an
     older checkpoint points to.
 
@@ -394,10 +399,10 @@ class ScratchFiles:
     layouts
         For each step file index s, the slots it contains in file order.
     files
-        Files that step files rotate over: 2 suffice when a checkpoint only
-        has to survive a killed process; with 3, a step writes into the file
-        of the checkpoint two steps back, so the flush of the last checkpoint
-        to the disk can run while the next step computes.
+        Number of files that the step files rotate over. Two suffice when a
+        checkpoint only has to survive a killed process. With three, a step
+        writes into the file of the checkpoint two steps back, so the flush of
+        the last checkpoint to the disk can run while the next step computes.
     """
 
     def __init__(
@@ -422,7 +427,7 @@ class ScratchFiles:
         self._lock = threading.Lock()
 
     def path(self, step: int) -> Path:
-        """Return the path of the file that holds step file ``step``."""
+        """Return the path of the file that contains step file ``step``."""
         return self.folder / f"trailing-{step % self.files}.bin"
 
     def _fd(self, step: int) -> int:
