@@ -344,3 +344,12 @@ def test_maxvar_memory_guard():
     source.design_bytes = 8 * 8 * 100**2 - 1
     with pytest.raises(ParameterError, match="lower candidates or use design"):
         source.validate()
+
+
+def test_maximin_memory_guard():
+    source = MaternSource(n=100, design="maximin", candidates=8)
+    source.design_bytes = 8 * 8 * 100 * 3 - 1
+    with pytest.raises(ParameterError, match="'maximin' with n = 100 and candidates = 8"):
+        source.validate()
+    source.design_bytes = 8 * 8 * 100 * 3
+    source.validate()

@@ -145,6 +145,16 @@ class MaternSource(MatrixSource):
                     f"{self.design_bytes / 2**30:.3g} GiB allowed; lower candidates "
                     f"or use design = 'maximin'"
                 )
+        if p["design"] == "maximin":
+            # The candidate points and their distances to the chosen set.
+            needed = 8 * p["candidates"] * p["n"] * (p["dim"] + 1)
+            if needed > self.design_bytes:
+                raise ParameterError(
+                    f"{owner}: design = 'maximin' with n = {p['n']} and candidates "
+                    f"= {p['candidates']} needs {needed / 2**30:.3g} GiB for its "
+                    f"candidate points, more than the "
+                    f"{self.design_bytes / 2**30:.3g} GiB allowed; lower candidates"
+                )
 
     @property
     def points(self) -> np.ndarray:
