@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="run ooc with fsync=false: checkpoints survive a killed "
                         "process but not a power loss, and two step files "
                         "suffice instead of three")
+    parser.add_argument("--io", choices=("auto", "inline", "threads"), default="auto",
+                        help="the ooc solver's io parameter")
+    parser.add_argument("--direct-io", choices=("on", "off"), default="on",
+                        help="the ooc solver's direct_io parameter")
     parser.add_argument("--keep-matrix", action="store_true",
                         help="keep the matrix file for a later run")
     args = parser.parse_args(argv)
@@ -243,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         for cache in caches:
             name = "ooc" if cache else "ooc-nc"
             params = {"method": method, "num_blocks": blocks, "cache_panels": cache,
-                      "fsync": not args.no_fsync}
+                      "fsync": not args.no_fsync, "io": args.io,
+                      "direct_io": args.direct_io == "on"}
             if args.memory_mb:
                 del params["num_blocks"]
                 params["memory_mb"] = args.memory_mb

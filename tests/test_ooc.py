@@ -141,15 +141,25 @@ def test_matches_scipy(handle_factory, tmp_path, device, method, cache):
     assert estimate.sign == sign
 
 
+@pytest.mark.parametrize("direct", [True, False])
 @pytest.mark.parametrize("io", ["inline", "threads"])
 @pytest.mark.parametrize("method", METHODS)
-def test_io_modes_match_scipy(handle_factory, tmp_path, method, io):
+def test_io_modes_match_scipy(handle_factory, tmp_path, method, io, direct):
     array = random_matrices(260)[method]
     _, expected = np.linalg.slogdet(array)
     estimate = solve(handle_factory, array, tmp_path, method=method, num_blocks=5,
-                     io=io)
+                     io=io, direct_io=direct)
     assert relative(estimate.logabsdet, expected) < RTOL
     assert estimate.details["io_threads"] is (io == "threads")
+    assert estimate.details["direct_io"] is direct
+
+
+@pytest.mark.parametrize(("direct", "threads"), [(True, True), (False, False)])
+def test_auto_io_threads_follow_direct_io(handle_factory, tmp_path, direct, threads):
+    array = random_matrices(130)["cholesky"]
+    details = solve(handle_factory, array, tmp_path, method="cholesky",
+                    num_blocks=3, direct_io=direct).details
+    assert details["io_threads"] is threads
 
 
 def test_leading_block_of_larger_dataset(tmp_path):
@@ -428,16 +438,18 @@ def test_mismatched_checkpoint_is_ignored(tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("first", [True, False])
-def test_checkpoint_of_other_fsync_setting_is_ignored(tmp_path, method, first):
-    # fsync = true rotates step files over three files, false over two, so a
-    # checkpoint of one setting must not be resumed by the other.
+@pytest.mark.parametrize("setting", ["fsync", "direct_io"])
+def test_checkpoint_of_other_file_layout_is_ignored(tmp_path, method, first, setting):
+    # fsync = true rotates step files over three files, false over two, and
+    # direct I/O aligns each block to 4 KiB, so a checkpoint written under
+    # one value must not be resumed under the other.
     array = random_matrices(120)[method]
     workdir = tmp_path / "work"
     with pytest.raises(OSError):
-        factorize(MatrixInput(array, 120, "a"), method, 6, workdir, fsync=first,
-                  keep_on_failure=True, on_step=_raise_at(3))
+        factorize(MatrixInput(array, 120, "a"), method, 6, workdir,
+                  keep_on_failure=True, on_step=_raise_at(3), **{setting: first})
     result = factorize(MatrixInput(array, 120, "a"), method, 6, workdir,
-                       fsync=not first)
+                       **{setting: not first})
     _, expected = np.linalg.slogdet(array)
     assert result.details["resumed_from_step"] == 0
     assert relative(result.logabsdet, expected) < RTOL
@@ -517,14 +529,18 @@ CHILD = textwrap.dedent(
 
     source, close = input_from_file(Path(sys.argv[1]))
     result = factorize(source, sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]),
-                       keep_on_failure=True, on_step=on_step)
+                       keep_on_failure=True, on_step=on_step,
+                       direct_io=sys.argv[5] == "direct")
     print(f"logdet {result.logabsdet!r}", flush=True)
     """
 )
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_sigkill_midway_then_resume(tmp_path, method):
+@pytest.mark.parametrize(
+    ("method", "direct"),
+    [(method, True) for method in METHODS] + [("cholesky", False)],
+)
+def test_sigkill_midway_then_resume(tmp_path, method, direct):
     order, blocks = 1600, 8
     array = random_matrices(order)[method]
     path = tmp_path / "m.h5"
@@ -533,7 +549,8 @@ def test_sigkill_midway_then_resume(tmp_path, method):
     workdir = tmp_path / "work"
 
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path), method, str(blocks), str(workdir)],
+        [sys.executable, "-c", CHILD, str(path), method, str(blocks), str(workdir),
+         "direct" if direct else "cached"],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -550,8 +567,9 @@ def test_sigkill_midway_then_resume(tmp_path, method):
 
     source, close = input_from_file(path)
     try:
-        resumed = factorize(source, method, blocks, workdir)
-        reference = factorize(source, method, blocks, tmp_path / "fresh")
+        resumed = factorize(source, method, blocks, workdir, direct_io=direct)
+        reference = factorize(source, method, blocks, tmp_path / "fresh",
+                              direct_io=direct)
     finally:
         close()
     assert 3 <= resumed.details["resumed_from_step"] < blocks

@@ -1,14 +1,17 @@
-"""Strided BLAS calls, recursive triangular solves and the raw HDF5 chunk reader
-of the ooc engine, against scipy, numpy and h5py in float64."""
+"""Strided BLAS calls, recursive triangular solves, the raw HDF5 chunk reader
+and the step files of the ooc engine, against scipy, numpy and h5py in
+float64."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import scipy.linalg
 from ldbench_ooc import BlockGrid, MatrixInput, _blas, factorize, input_from_file
-from ldbench_ooc._io import RawChunks
+from ldbench_ooc._io import ALIGN, RawChunks, ScratchFiles, aligned_buffer
 
 ORDERS = (1, 2, _blas.LEAF - 1, _blas.LEAF, _blas.LEAF + 1, 300, 517)
 
@@ -179,3 +182,98 @@ def test_raw_chunk_nan_position(tmp_path):
         with pytest.raises(Exception, match=r"entry \(17, 4\) is nan"):
             source.read_into(BlockGrid.split(30, 1), (0, 0), buffer)
         source.close()
+
+
+# Step files ----------------------------------------------------------------------
+
+
+def step_blocks(grid: BlockGrid, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        (i, j): rng.standard_normal(grid.sizes[i] * grid.sizes[j])
+        for i in range(grid.num_blocks)
+        for j in range(i + 1)
+    }
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_step_files_round_trip_blocks_of_odd_bytes(tmp_path, direct):
+    # Order 103 in 3 blocks: blocks of 35 x 34 entries, 9,520 bytes, which
+    # direct I/O pads to 12,288 bytes in the file.
+    grid = BlockGrid.split(103, 3)
+    slots = [(i, j) for i in range(3) for j in range(i + 1)]
+    scratch = ScratchFiles(tmp_path, grid, {1: slots, 2: slots[::-1]}, direct=direct)
+    blocks = step_blocks(grid, 0)
+    try:
+        for step in (1, 2):
+            for slot in scratch._offsets[step]:
+                buffer = aligned_buffer(np.empty, grid.max_size**2)
+                buffer[: blocks[slot].size] = blocks[slot] + step
+                assert scratch.write(step, slot, buffer) == blocks[slot].size * 8
+        for step in (1, 2):
+            for slot in slots:
+                buffer = aligned_buffer(np.empty, grid.max_size**2)
+                scratch.read(step, slot, buffer)
+                np.testing.assert_array_equal(
+                    buffer[: blocks[slot].size], blocks[slot] + step
+                )
+        offsets = list(scratch._offsets[1].values())
+        if direct:
+            assert scratch.direct
+            assert all(offset % ALIGN == 0 for offset in offsets)
+            assert scratch.size(1) == sum(-(-b.size * 8 // ALIGN) * ALIGN
+                                          for b in blocks.values())
+        else:
+            assert scratch.size(1) == sum(b.size * 8 for b in blocks.values())
+        assert scratch.path(1).stat().st_size == scratch.size(1)
+    finally:
+        scratch.close()
+
+
+def test_direct_step_files_need_aligned_buffers(tmp_path):
+    grid = BlockGrid.split(64, 2)
+    scratch = ScratchFiles(tmp_path, grid, {1: [(1, 1)]}, direct=True)
+    assert scratch.direct
+    buffer = aligned_buffer(np.empty, 32 * 32 + 1)[1:]
+    try:
+        with pytest.raises(ValueError, match="aligned to 4096 bytes"):
+            scratch.write(1, (1, 1), buffer)
+    finally:
+        scratch.close()
+
+
+def test_aligned_buffer_address_and_length():
+    for elements in (1, 511, 512, 513, 1875**2):
+        buffer = aligned_buffer(np.empty, elements)
+        assert buffer.ctypes.data % ALIGN == 0
+        assert buffer.size >= elements and (buffer.size * 8) % ALIGN == 0
+
+
+def test_folder_refusing_o_direct_falls_back_to_the_page_cache(tmp_path, monkeypatch):
+    # Some file systems (tmpfs before Linux 6.6, some network file systems)
+    # fail an O_DIRECT open with EINVAL; this one takes it, so the refusal is
+    # simulated at the open call.
+    import errno
+    import os
+
+    from ldbench_ooc import _io
+
+    real_open = os.open
+
+    def refusing_open(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(_io.os, "open", refusing_open)
+    grid = BlockGrid.split(30, 2)
+    scratch = ScratchFiles(tmp_path, grid, {1: [(1, 1)]}, direct=True)
+    assert not scratch.direct
+    assert scratch.size(1) == 15 * 15 * 8
+    buffer = np.arange(15 * 15, dtype=float)
+    scratch.write(1, (1, 1), buffer)
+    back = np.empty(15 * 15)
+    scratch.read(1, (1, 1), back)
+    np.testing.assert_array_equal(back, buffer)
+    scratch.close()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["trailing-1.bin"]

@@ -117,8 +117,16 @@ class OocSolver(Solver):
             help="Where blocks are read and written: 'inline' (in the compute "
             "thread between BLAS calls, the faster choice on few cores), "
             "'threads' (background threads overlapping BLAS, two more block "
-            "buffers) or 'auto' (inline on 'cpu', threads on the torch devices).",
+            "buffers) or 'auto' (threads with direct_io or on the torch devices, "
+            "inline otherwise).",
             choices=("auto", "inline", "threads"),
+        ),
+        "direct_io": Param(
+            True,
+            bool,
+            help="Read and write the step files with O_DIRECT, by DMA between "
+            "the block buffers and the disk, bypassing the page cache; falls "
+            "back to the page cache where the file system refuses it.",
         ),
     }
     structures: ClassVar[frozenset[Structure]] = frozenset(Structure)
@@ -200,7 +208,7 @@ class OocSolver(Solver):
         """Return whether blocks move on background threads."""
         mode = self.params["io"]
         if mode == "auto":
-            return self.params["device"] != "cpu"
+            return self.params["device"] != "cpu" or self.params["direct_io"]
         return mode == "threads"
 
     def solve(self, matrix: MatrixHandle, context: SolveContext) -> Estimate:
@@ -242,6 +250,7 @@ class OocSolver(Solver):
                 keep_on_failure=bool(checkpoint_dir),
                 cache_panels=self.params["cache_panels"],
                 io_threads=self._io_threads(),
+                direct_io=self.params["direct_io"],
             )
         except FactorizationError as exc:
             raise SolverError(str(exc)) from exc
