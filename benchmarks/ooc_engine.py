@@ -94,9 +94,8 @@ def write_kms(path: Path, order: int, block: int, rho: float = KMS_RHO) -> None:
 def incore(method: str, array: np.ndarray) -> tuple[float, float]:
     """Factor a Fortran copy of ``array`` in memory; return (seconds, log|det|)."""
     import scipy.linalg
-    from scipy.linalg import lapack
-
     from ldbench_ooc._pivots import ldl_logdet, two_by_two_starts
+    from scipy.linalg import lapack
 
     work = np.asfortranarray(array)
     started = time.perf_counter()
@@ -107,7 +106,7 @@ def incore(method: str, array: np.ndarray) -> tuple[float, float]:
         seconds = time.perf_counter() - started
         return seconds, 2.0 * float(np.sum(np.log(np.diagonal(factor))))
     if method == "ldl":
-        factor, ipiv, info = lapack.dsytrf(work, lower=1, overwrite_a=1)
+        factor, ipiv, _info = lapack.dsytrf(work, lower=1, overwrite_a=1)
         seconds = time.perf_counter() - started
         starts = two_by_two_starts(ipiv < 0)
         off = np.diagonal(factor, -1)[starts]

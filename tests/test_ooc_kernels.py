@@ -4,8 +4,6 @@ float64."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
@@ -246,13 +244,14 @@ def test_aligned_buffer_address_and_length():
     for elements in (1, 511, 512, 513, 1875**2):
         buffer = aligned_buffer(np.empty, elements)
         assert buffer.ctypes.data % ALIGN == 0
-        assert buffer.size >= elements and (buffer.size * 8) % ALIGN == 0
+        assert buffer.size >= elements
+        assert (buffer.size * 8) % ALIGN == 0
 
 
-def test_folder_refusing_o_direct_falls_back_to_the_page_cache(tmp_path, monkeypatch):
-    # Some file systems (tmpfs before Linux 6.6, some network file systems)
-    # fail an O_DIRECT open with EINVAL; this one takes it, so the refusal is
-    # simulated at the open call.
+def test_rejected_o_direct_uses_page_cache(tmp_path, monkeypatch):
+    # Some file systems (tmpfs on older kernels, some network file systems)
+    # fail an O_DIRECT open with EINVAL. The test folder accepts it, so the
+    # open call simulates the rejection.
     import errno
     import os
 
@@ -260,12 +259,12 @@ def test_folder_refusing_o_direct_falls_back_to_the_page_cache(tmp_path, monkeyp
 
     real_open = os.open
 
-    def refusing_open(path, flags, *args):
+    def rejecting_open(path, flags, *args):
         if flags & os.O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(_io.os, "open", refusing_open)
+    monkeypatch.setattr(_io.os, "open", rejecting_open)
     grid = BlockGrid.split(30, 2)
     scratch = ScratchFiles(tmp_path, grid, {1: [(1, 1)]}, direct=True)
     assert not scratch.direct

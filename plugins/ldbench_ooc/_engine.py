@@ -716,9 +716,9 @@ def factorize(
         in the compute thread between BLAS calls (``False``); see
         :class:`_InlinePipeline`. ``None`` picks background threads for the
         torch devices, whose copies to the GPU overlap with its work, and for
-        direct I/O, whose transfers take little CPU time; otherwise the
-        compute thread, which copies through the page cache faster on few
-        cores.
+        direct I/O, whose transfers take little CPU time. Otherwise it picks
+        the compute thread, because copies through the page cache then cost
+        less on few cores.
     direct_io
         Move step files between the block buffers and the disk with
         ``O_DIRECT``, bypassing the page cache (:class:`ScratchFiles`). On

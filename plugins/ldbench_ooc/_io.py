@@ -414,7 +414,7 @@ def _takes_direct_io(folder: Path) -> bool:
         if exc.errno != errno.EINVAL:
             raise
         logger.info(
-            "%s refuses O_DIRECT; the scratch goes through the page cache", folder
+            "%s rejects O_DIRECT, so the step files go through the page cache", folder
         )
         return False
     os.close(fd)
@@ -451,8 +451,8 @@ class ScratchFiles:
         Open the files with ``O_DIRECT``, so blocks move between the buffers
         and the disk by DMA, bypassing the page cache. Every slot then starts
         at a multiple of :data:`ALIGN` bytes, and buffers must be aligned
-        (:func:`aligned_buffer`). Where the file system refuses ``O_DIRECT``
-        (tmpfs, for one), the files go through the page cache.
+        (:func:`aligned_buffer`). Where the file system rejects ``O_DIRECT``
+        (tmpfs on older kernels, for one), the files go through the page cache.
     """
 
     def __init__(

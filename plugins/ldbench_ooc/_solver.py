@@ -126,7 +126,7 @@ class OocSolver(Solver):
             bool,
             help="Read and write the step files with O_DIRECT, by DMA between "
             "the block buffers and the disk, bypassing the page cache; falls "
-            "back to the page cache where the file system refuses it.",
+            "back to the page cache where the file system rejects it.",
         ),
     }
     structures: ClassVar[frozenset[Structure]] = frozenset(Structure)
