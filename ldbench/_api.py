@@ -67,7 +67,8 @@ class Param:
     Parameters
     ----------
     default
-        Value used when the suite does not set the parameter. ``None`` with
+        Value used when the suite does not set the parameter, or sets it to
+        ``None`` (possible from Python, not from TOML). ``None`` with
         ``required=True`` means the suite must set it.
     kind
         Python type the value must have: ``int``, ``float``, ``str``, ``bool``
@@ -90,9 +91,12 @@ class Param:
     required: bool = False
 
     def check(self, owner: str, name: str, value: Any) -> Any:
-        """Return ``value`` converted to ``kind``, or raise ParameterError."""
+        """Return ``value`` converted to ``kind``, or raise ParameterError.
+
+        ``None`` for an optional parameter stands for its default.
+        """
         if value is None and not self.required:
-            return None
+            return self.default
         kind_ok = isinstance(value, self.kind) and not (
             self.kind in (int, float) and isinstance(value, bool)
         )

@@ -143,3 +143,20 @@ def test_suite_path_must_be_file(tmp_path, registry):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(SuiteError, match="binary.toml: not a UTF-8 text file"):
         load_suite(binary, registry)
+
+
+def test_none_for_optional_param_gives_default():
+    from ldbench_ooc import OocSolver
+
+    solver = OocSolver(io=None, method=None)
+    assert solver.params["io"] == "auto"
+    assert solver.params["method"] == "lu"
+
+
+def test_none_for_required_param_is_rejected():
+    from ldbench import Param, ParameterError
+    from ldbench._api import resolve_params
+
+    declared = {"n": Param(None, int, "order", minimum=1, required=True)}
+    with pytest.raises(ParameterError, match="'n' must be of type int, got None"):
+        resolve_params("source 'x'", declared, {"n": None})
