@@ -247,7 +247,8 @@ def apply_override(
 ) -> None:
     """Apply one command-line override to the raw suite.
 
-    Forms: ``suite.KEY=V``, ``pricing.KEY=V``, ``matrix.PARAM=V`` (every
+    Forms: ``suite.KEY=V``, ``suite.reference.PARAM=V`` (a parameter of
+    the reference solver), ``pricing.KEY=V``, ``matrix.PARAM=V`` (every
     matrix), ``matrix.ID.PARAM=V`` (the matrix with that id),
     ``solver.PARAM=V`` (every solver that declares PARAM) and
     ``solver.NAME.PARAM=V``. ``V`` is a TOML value; a bare word is a string.
@@ -264,10 +265,22 @@ def apply_override(
     if table in ("suite", "pricing") and len(parts) == 2:
         raw.setdefault(table, {})[parts[1]] = value
         return
+    if parts[:2] == ["suite", "reference"] and len(parts) == 3:
+        reference = raw.get("suite", {}).get("reference")
+        if reference is None:
+            raise SuiteError(
+                f"override {item!r}: {path} has no [suite] reference; set one with "
+                "--set suite.reference=NAME first"
+            )
+        if isinstance(reference, str):
+            reference = {"name": reference}
+        reference[parts[2]] = value
+        raw["suite"]["reference"] = reference
+        return
     if table not in ("matrix", "solver") or len(parts) not in (2, 3):
         raise SuiteError(
-            f"override {item!r}: key must be suite.KEY, pricing.KEY, matrix[.ID].PARAM "
-            "or solver[.NAME].PARAM"
+            f"override {item!r}: key must be suite.KEY, suite.reference.PARAM, "
+            "pricing.KEY, matrix[.ID].PARAM or solver[.NAME].PARAM"
         )
     entries = raw.get(table, [])
     if len(parts) == 2:

@@ -87,6 +87,20 @@ def test_override_matrix_and_solver(tmp_path, registry):
     assert [c.repetition for c in cases] == [0, 1]
 
 
+@pytest.mark.parametrize("reference", ['"dense"', '{ name = "dense", method = "lu" }'])
+def test_override_reference_solver_param(tmp_path, registry, reference):
+    text = BASE.replace('timeout = "90s"', f'timeout = "90s"\nreference = {reference}')
+    suite = load_suite(write(tmp_path, text), registry,
+                       ["suite.reference.method=ldl"])
+    assert suite.reference.name == "dense"
+    assert suite.reference.params["method"] == "ldl"
+
+
+def test_override_reference_without_one(tmp_path, registry):
+    with pytest.raises(SuiteError, match="has no \\[suite\\] reference"):
+        load_suite(write(tmp_path, BASE), registry, ["suite.reference.method=ldl"])
+
+
 def test_override_unknown_matrix_id(tmp_path, registry):
     with pytest.raises(SuiteError, match="did you mean 'kms'"):
         load_suite(write(tmp_path, BASE), registry, ["matrix.kmz.n=20"])
