@@ -274,6 +274,12 @@ def apply_override(
             )
         if isinstance(reference, str):
             reference = {"name": reference}
+        if not isinstance(reference, dict):
+            raise SuiteError(
+                f"override {item!r}: [suite] key 'reference' in {path} is "
+                f"{reference!r}; it must be a solver name or a table such as "
+                '{ name = "memdet", num_blocks = 4 }'
+            )
         reference[parts[2]] = value
         raw["suite"]["reference"] = reference
         return

@@ -96,6 +96,13 @@ def test_override_reference_solver_param(tmp_path, registry, reference):
     assert suite.reference.params["method"] == "ldl"
 
 
+@pytest.mark.parametrize("reference", ["5", '["dense"]'])
+def test_override_reference_of_wrong_type(tmp_path, registry, reference):
+    text = BASE.replace('timeout = "90s"', f'timeout = "90s"\nreference = {reference}')
+    with pytest.raises(SuiteError, match="must be a solver name or a table"):
+        load_suite(write(tmp_path, text), registry, ["suite.reference.method=ldl"])
+
+
 def test_override_reference_without_one(tmp_path, registry):
     with pytest.raises(SuiteError, match="has no \\[suite\\] reference"):
         load_suite(write(tmp_path, BASE), registry, ["suite.reference.method=ldl"])
