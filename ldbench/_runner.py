@@ -442,6 +442,7 @@ class Runner:
             interval=estimate["interval"],
             reference_logdet=ref_value,
             reference_method=reference.get("method"),
+            reference_error=reference.get("error"),
             reference_sign=ref_sign,
             rel_error=relative_error(logabsdet, ref_value),
             flops=estimate["flops"],

@@ -161,6 +161,36 @@ def test_failures_set_exit_code(tmp_path):
     assert run_file_suite(tmp_path, "spd", "spd2", "--allow-failures") == 0
 
 
+def test_failed_reference_sets_exit_code(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "b.npy", np.array([[2.0, 0.5], [0.5, 1.0]]))
+    path = tmp_path / "ref.toml"
+    path.write_text(textwrap.dedent(f"""
+        [suite]
+        reference = {{ name = "ooc", method = "cholesky", num_blocks = 3 }}
+
+        [[matrix]]
+        id = "small"
+        source = "file"
+        path = "{tmp_path / 'b.npy'}"
+        structure = "spd"
+
+        [[solver]]
+        name = "dense"
+        method = "cholesky"
+    """))
+    store = str(tmp_path / "store")
+    assert main(["run", str(path), "--out", str(tmp_path / "r1"), "--store", store]) == 1
+    rows = records(tmp_path / "r1")
+    assert rows[0]["status"] == "ok"
+    assert rows[0]["reference_logdet"] is None
+    assert "num_blocks=3 exceeds the matrix order 2" in rows[0]["reference_error"]
+    assert "the reference solver failed on 1 matrices" in capsys.readouterr().err
+    assert main(["run", str(path), "--out", str(tmp_path / "r2"), "--store", store,
+                 "--allow-failures"]) == 0
+
+
 def test_resume_keeps_overrides_and_store(tmp_path, monkeypatch):
     monkeypatch.setenv("LDBENCH_STORE", str(tmp_path / "default-store"))
     suite = write_suite(tmp_path)
