@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 ITEMSIZE = 8  # bytes of a float64 entry
 
+#: Alignment of direct I/O, in bytes: of buffer addresses, file offsets and
+#: transfer lengths. 4 KiB is a multiple of the 512-byte and 4 KiB logical
+#: sectors of common disks.
+ALIGN = 4096
+
 #: Methods whose trailing matrix is symmetric, so only blocks i >= j are kept.
 SYMMETRIC_METHODS = ("cholesky", "ldl")
 METHODS = ("cholesky", "ldl", "lu")
@@ -154,13 +159,31 @@ def workspace_blocks(method: str) -> int:
     return {"cholesky": 0, "ldl": 3, "lu": 1}[method]
 
 
+def round_up(nbytes: int) -> int:
+    """Return ``nbytes`` rounded up to a multiple of :data:`ALIGN`."""
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def buffer_bytes(block_order: int) -> int:
+    """Return the bytes allocated for one pool buffer of blocks up to
+    ``block_order``: the block rounded up to :data:`ALIGN`, plus ``ALIGN``
+    of slack to align its start (see ``aligned_buffer``)."""
+    return round_up(ITEMSIZE * block_order**2) + ALIGN
+
+
+def _block_memory(method: str, count: int, largest: int, cache_panels: bool,
+                  io_threads: bool) -> int:
+    pool = pool_blocks(method, count, cache_panels, io_threads)
+    workspace = workspace_blocks(method)
+    return pool * buffer_bytes(largest) + workspace * ITEMSIZE * largest**2
+
+
 def memory_bytes(
     grid: BlockGrid, method: str, cache_panels: bool = False, io_threads: bool = True
 ) -> int:
     """Return the memory that block buffers and kernel temporaries take, in bytes."""
-    blocks = pool_blocks(method, grid.num_blocks, cache_panels, io_threads)
-    blocks += workspace_blocks(method)
-    return blocks * ITEMSIZE * grid.max_size**2
+    return _block_memory(method, grid.num_blocks, grid.max_size, cache_panels,
+                         io_threads)
 
 
 def choose_num_blocks(
@@ -181,14 +204,13 @@ def choose_num_blocks(
     """
     first = max(1, -(-order // max(max_block_order, 1)))
     for count in range(first, order + 1):
-        blocks = pool_blocks(method, count, cache_panels, io_threads)
-        blocks += workspace_blocks(method)
         largest = -(-order // count)
-        if blocks * ITEMSIZE * largest**2 <= budget_bytes:
+        if _block_memory(method, count, largest, cache_panels, io_threads) <= budget_bytes:
             return count
     blocks = pool_blocks(method, order, cache_panels, io_threads)
     blocks += workspace_blocks(method)
+    needed = _block_memory(method, order, 1, cache_panels, io_threads)
     raise ValueError(
         f"a memory budget of {budget_bytes} bytes cannot hold {blocks} blocks "
-        "of order 1"
+        f"of order 1, which take {needed} bytes with their 4 KiB alignment"
     )

@@ -24,21 +24,11 @@ import numpy as np
 
 from ldbench import SolverError
 
-from ._grid import ITEMSIZE, BlockGrid
+from ._grid import ALIGN, ITEMSIZE, BlockGrid, round_up
 
 logger = logging.getLogger(__name__)
 
 Slot = tuple[int, int]
-
-#: Alignment of direct I/O, in bytes: of buffer addresses, file offsets and
-#: transfer lengths. 4 KiB covers the logical block size of common disks.
-ALIGN = 4096
-
-
-def round_up(nbytes: int) -> int:
-    """Return ``nbytes`` rounded up to a multiple of :data:`ALIGN`."""
-    return -(-nbytes // ALIGN) * ALIGN
-
 
 def aligned_buffer(allocate: Callable[[int], np.ndarray], elements: int) -> np.ndarray:
     """Return a flat float64 buffer of at least ``elements`` entries whose
@@ -82,7 +72,8 @@ class BufferPool:
         self._free = [aligned_buffer(allocate, elements) for _ in range(count)]
         self._cond = threading.Condition()
         self._closed = False
-        self.nbytes = count * elements * ITEMSIZE
+        # What was allocated, with the alignment slack of each buffer.
+        self.nbytes = count * (round_up(elements * ITEMSIZE) + ALIGN)
 
     def acquire(self, wait: bool = True) -> np.ndarray | None:
         """Return a free buffer, waiting for one to be released.
@@ -411,6 +402,8 @@ def _takes_direct_io(folder: Path) -> bool:
     try:
         fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644)
     except OSError as exc:
+        # Some file systems (ramfs) create the file before they reject the flag.
+        probe.unlink(missing_ok=True)
         if exc.errno != errno.EINVAL:
             raise
         logger.info(
