@@ -271,34 +271,45 @@ def test_io_bytes_unequal_blocks(handle_factory, tmp_path, device, method, cache
 # Parameters, memory budget, cleanup --------------------------------------------
 
 
+def buffer_bytes(order: int) -> int:
+    """Bytes of one pool buffer: 8 b^2 rounded up to 4 KiB, plus 4 KiB of
+    alignment slack."""
+    return -(-8 * order**2 // 4096) * 4096 + 4096
+
+
 def test_memory_budget_sets_block_count():
-    # Background I/O threads, no panel cache: Cholesky keeps 6 block buffers
-    # of 8 b^2 bytes, and 1 MiB allows b <= 147.
+    # Background I/O threads, no panel cache: Cholesky keeps 6 block buffers.
+    # At n_b = 7 (b = 143) they take 6 * 167,936 = 1,007,616 bytes <= 2^20;
+    # at n_b = 6 (b = 167), 6 * 229,376 = 1,376,256.
     def blocks(method, **params):
         return OocSolver(method=method, memory_mb=1.0, **params).num_blocks(1000)
 
+    assert buffer_bytes(143) == 167_936
     assert blocks("cholesky", cache_panels=False, io="threads") == 7
-    # LDL adds 3 block temporaries: 9 blocks allow b <= 120.
+    # LDL adds 3 unpadded temporaries: 6 * 102,400 + 3 * 8 * 112^2 = 940,032
+    # bytes at n_b = 9, 1,161,432 at n_b = 8.
     assert blocks("ldl", cache_panels=False, io="threads") == 9
-    # With the cache, n_b + 3 buffers: n_b = 9 needs 12 * 8 * 112^2 = 1,204,224
-    # bytes, n_b = 10 needs 13 * 8 * 100^2 = 1,040,000 <= 2^20.
-    assert blocks("cholesky", io="threads") == 10
-    # LU with the cache: n_b + 4 buffers and 1 temporary. n_b = 11 needs
-    # 16 * 8 * 91^2 = 1,059,968 bytes, n_b = 12 needs 17 * 8 * 84^2 = 959,616.
+    # With the cache, n_b + 3 buffers: 14 * 73,728 = 1,032,192 bytes at
+    # n_b = 11 (b = 91), 13 * 86,016 = 1,118,208 at n_b = 10 (b = 100).
+    assert blocks("cholesky", io="threads") == 11
+    # LU with the cache: n_b + 4 buffers and 1 temporary. n_b = 12 (b = 84)
+    # needs 16 * 61,440 + 8 * 84^2 = 1,039,488 bytes, n_b = 11 needs 1,172,168.
     assert blocks("lu", io="threads") == 12
-    # Inline I/O (the default on "cpu") needs one buffer fewer. No cache:
-    # 5 * 8 * 143^2 = 817,960 bytes at n_b = 7, 5 * 8 * 167^2 > 2^20 at n_b = 6.
-    assert blocks("cholesky", cache_panels=False) == 7
-    # Cache, n_b + 2 buffers: 11 * 8 * 112^2 = 1,103,872 bytes at n_b = 9,
-    # 12 * 8 * 100^2 = 960,000 at n_b = 10.
-    assert blocks("cholesky") == 10
+    # Inline I/O needs one buffer fewer. No cache: 5 * 167,936 = 839,680 bytes
+    # at n_b = 7, 5 * 229,376 = 1,146,880 at n_b = 6.
+    assert blocks("cholesky", cache_panels=False, io="inline") == 7
+    # Cache, n_b + 2 buffers: 12 * 86,016 = 1,032,192 bytes at n_b = 10,
+    # 11 * 106,496 = 1,171,456 at n_b = 9.
+    assert blocks("cholesky", io="inline") == 10
+    # The default io = "auto" budgets for the threads' larger pool.
+    assert blocks("cholesky") == 11
     assert blocks("lu", max_block_order=50) == 20
 
 
 @pytest.mark.parametrize(
     ("io", "count", "size", "buffers"),
     # threads: n_b + 3 = 6 buffers of order 134, and inline n_b + 2 = 5; at
-    # n_b = 2 inline would need 4 * 8 * 200^2 = 1,280,000 bytes > 2^20.
+    # n_b = 2 inline would need 4 * buffer_bytes(200) = 1,310,720 > 2^20.
     [("threads", 3, 134, 6), ("inline", 3, 134, 5)],
 )
 def test_memory_budget_bounds_block_memory(
@@ -309,7 +320,27 @@ def test_memory_budget_bounds_block_memory(
                     memory_mb=1.0, io=io).details
     assert details["num_blocks"] == count
     assert details["block_size"] == size
-    assert details["block_memory_bytes"] == buffers * 8 * size**2 <= 2**20
+    assert details["block_memory_bytes"] == buffers * buffer_bytes(size)
+    assert details["block_memory_bytes"] <= 2**20
+
+
+def test_pool_allocation_matches_block_memory(tmp_path, monkeypatch):
+    from ldbench_ooc._engine import _Pipeline
+
+    captured = {}
+    original = _Pipeline.__init__
+
+    def capture(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        captured["pool"] = self.pool.nbytes
+
+    monkeypatch.setattr(_Pipeline, "__init__", capture)
+    array = random_matrices(300)["lu"]
+    result = factorize(MatrixInput(array, 300, "a"), "lu", 7, tmp_path / "w",
+                       io_threads=True)
+    # LU keeps one unpadded temporary besides the pool.
+    temporary = 8 * 43**2
+    assert result.details["block_memory_bytes"] == captured["pool"] + temporary
 
 
 def test_block_order_above_limit_rejected():
@@ -421,6 +452,94 @@ def test_failure_without_keep_removes_workdir(tmp_path):
     with pytest.raises(OSError):
         factorize(FailingInput(array, limit=3), "lu", 4, tmp_path / "work")
     assert not (tmp_path / "work").exists()
+
+
+def test_kept_folder_without_checkpoint_is_removed(tmp_path):
+    # The input fails at its third block, inside step 0, before any checkpoint.
+    array = random_matrices(100)["lu"]
+    with pytest.raises(OSError, match="simulated"):
+        factorize(FailingInput(array, limit=3), "lu", 4, tmp_path / "work",
+                  keep_on_failure=True)
+    assert not (tmp_path / "work").exists()
+
+
+def test_checkpoint_save_failure_names_path(tmp_path, monkeypatch):
+    from ldbench_ooc import _checkpoint
+
+    def full_disk(record, file):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_checkpoint.json, "dump", full_disk)
+    array = random_matrices(100)["cholesky"]
+    workdir = tmp_path / "work"
+    with pytest.raises(OSError, match="saving the checkpoint .*state.json failed: "
+                       "No space left on device. Free space") as caught:
+        factorize(MatrixInput(array, 100, "a"), "cholesky", 4, workdir,
+                  keep_on_failure=True)
+    assert caught.value.errno == 28
+    assert caught.value.filename == str(workdir / "state.json")
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("num_blocks", None, "num_blocks=None is not an int"),
+        ("num_blocks", 2.0, "num_blocks=2.0 is not an int"),
+        ("direct_io", "no", "direct_io='no' is not a bool"),
+        ("direct_io", None, "direct_io=None is not a bool"),
+        ("fsync", "false", "fsync='false' is not a bool"),
+        ("cache_panels", None, "cache_panels=None is not a bool"),
+        ("io_threads", "inline", "io_threads='inline' is not a bool"),
+        ("keep_on_failure", 1, "keep_on_failure=1 is not a bool"),
+    ],
+)
+def test_factorize_rejects_option_types(tmp_path, name, value, message):
+    options = {"num_blocks": 2, name: value}
+    with pytest.raises(TypeError, match=message):
+        factorize(MatrixInput(np.eye(4), 4, "a"), "lu", workdir=tmp_path / "w",
+                  **options)
+    assert not (tmp_path / "w").exists()
+
+
+def test_unwritable_scratch_folder_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match="scratch folder .* cannot be used.*writable"):
+        factorize(MatrixInput(np.eye(4), 4, "a"), "lu", 2, blocker / "w")
+
+
+def test_checkpoint_folder_differs_per_file_layout(handle_factory, tmp_path):
+    array = random_matrices(120)["cholesky"]
+    handle = handle_factory(array, structure=Structure.SPD)
+    folders = set()
+    try:
+        for direct in (True, False):
+            for fsync in (True, False):
+                estimate = OocSolver(method="cholesky", num_blocks=3, fsync=fsync,
+                                     direct_io=direct).solve(
+                    handle, SolveContext(scratch_dir=tmp_path / "s"))
+                folders.add(estimate.details["workdir"])
+    finally:
+        handle.close()
+    assert len(folders) == 4
+
+
+def test_auto_io_follows_o_direct_fallback(handle_factory, tmp_path, monkeypatch):
+    from ldbench_ooc import _io
+
+    monkeypatch.setattr(_io, "_takes_direct_io", lambda folder: False)
+    array = random_matrices(130)["cholesky"]
+    details = solve(handle_factory, array, tmp_path, method="cholesky",
+                    num_blocks=3).details
+    assert details["direct_io"] is False
+    assert details["io_threads"] is False
+
+
+def test_label_names_non_default_io():
+    assert OocSolver(method="ldl", num_blocks=4).label() == "LDL, n_b=4"
+    label = OocSolver(num_blocks=4, direct_io=False, io="inline").label()
+    assert label == "LU, n_b=4, page cache, io=inline"
 
 
 def test_mismatched_checkpoint_is_ignored(tmp_path):

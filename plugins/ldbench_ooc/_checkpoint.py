@@ -43,19 +43,28 @@ def save_state(
     }
     path = folder / STATE_NAME
     temporary = path.with_name(path.name + ".partial")
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(record, file)
-        file.flush()
-        if durable:
-            os.fsync(file.fileno())
-    os.replace(temporary, path)
-    if not durable:
-        return
-    directory = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(record, file)
+            file.flush()
+            if durable:
+                os.fsync(file.fileno())
+        os.replace(temporary, path)
+        if durable:
+            directory = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OSError(
+            exc.errno,
+            f"saving the checkpoint {path} failed: {exc.strerror}. Free space on "
+            "that disk or choose another scratch folder (checkpoint_dir, or the "
+            "run folder that --out names)",
+            str(path),
+        ) from exc
 
 
 def load_state(

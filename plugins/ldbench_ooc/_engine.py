@@ -11,11 +11,14 @@ the trailing blocks::
     LU         B_kk = P L U            U_kj = L^-1 P^T B_kj,  L_ik = B_ik U^-1
                B_ij -= L_ik U_kj       for i, j > k
 
-``log|det A|`` is the sum of the diagonal blocks' log-determinants. At most
-four blocks are in use at once. While BLAS works on them, one reader thread
-reads the next blocks and one writer thread writes the updated ones. Step 0
-reads the input, and step k > 0 reads the step file that step k - 1 wrote. After each step the writer records a
-checkpoint, so a killed run resumes from the last finished step.
+``log|det A|`` is the sum of the diagonal blocks' log-determinants. A step
+holds at most four blocks, or with the panel cache the diagonal block, the
+panel and the block being updated (n_b + 1, LU n_b + 2). Blocks move either on
+a reader and a writer thread while BLAS works (:class:`_Pipeline`) or in the
+compute thread between BLAS calls (:class:`_InlinePipeline`). Step 0 reads
+the input, and step k > 0 reads the step file that step k - 1 wrote. After
+each step a checkpoint is recorded, so a killed run resumes from the last
+finished step.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 
 from ldbench import SolverError
 
-from ._checkpoint import load_state, save_state
+from ._checkpoint import STATE_NAME, load_state, save_state
 from ._grid import (
     METHODS,
     SYMMETRIC_METHODS,
@@ -731,12 +734,24 @@ def factorize(
         When a diagonal block has a pivot that is not positive (Cholesky) or
         is exactly zero (LDL, LU with n_b > 1).
     """
-    grid = BlockGrid.split(source.order, num_blocks)
+    _check_options(
+        num_blocks, fsync=fsync, keep_on_failure=keep_on_failure,
+        cache_panels=cache_panels, direct_io=direct_io, io_threads=io_threads,
+    )
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}")
+    grid = BlockGrid.split(source.order, num_blocks)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    lock = _lock_folder(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        lock = _lock_folder(workdir)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"the scratch folder {workdir} cannot be used: {exc.strerror}. Choose "
+            "a writable folder (checkpoint_dir, or the run folder that --out names)",
+            str(workdir),
+        ) from exc
     try:
         scratch = ScratchFiles(
             workdir, grid, step_layouts(grid, method, cache_panels),
@@ -773,11 +788,32 @@ def factorize(
         raise
     finally:
         scratch.close()
-        if succeeded or matrix_error or not keep_on_failure:
+        # A folder without a checkpoint cannot be resumed; keeping it would only
+        # hold its disk space, which may be what the run ran out of.
+        resumable = (workdir / STATE_NAME).exists()
+        if succeeded or matrix_error or not keep_on_failure or not resumable:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             logger.info("kept the checkpoint in %s for a later run to resume", workdir)
         os.close(lock)
+
+
+def _check_options(num_blocks: Any, **flags: Any) -> None:
+    """Raise TypeError unless ``num_blocks`` is an int and every flag a bool
+    (``io_threads`` may also be ``None``)."""
+    if not isinstance(num_blocks, int) or isinstance(num_blocks, bool):
+        raise TypeError(
+            f"num_blocks={num_blocks!r} is not an int; give the number of block "
+            "rows, such as num_blocks=8"
+        )
+    for name, value in flags.items():
+        if value is None and name == "io_threads":
+            continue
+        if not isinstance(value, bool):
+            raise TypeError(
+                f"{name}={value!r} is not a bool; pass True or False"
+                + (" (or None to choose)" if name == "io_threads" else "")
+            )
 
 
 class FolderBusy(RuntimeError):

@@ -114,11 +114,12 @@ class OocSolver(Solver):
         "io": Param(
             "auto",
             str,
-            help="Where blocks are read and written: 'inline' (in the compute "
-            "thread between BLAS calls, the faster choice on few cores), "
-            "'threads' (background threads overlapping BLAS, two more block "
-            "buffers) or 'auto' (threads with direct_io or on the torch devices, "
-            "inline otherwise).",
+            help="Where blocks are read and written: 'threads' (background "
+            "threads overlapping BLAS, two more block buffers; the faster choice "
+            "with O_DIRECT), 'inline' (in the compute thread between BLAS calls, "
+            "one more buffer; the faster choice through the page cache on few "
+            "cores) or 'auto' (threads when the step files take O_DIRECT or on "
+            "the torch devices, inline otherwise).",
             choices=("auto", "inline", "threads"),
         ),
         "direct_io": Param(
@@ -160,6 +161,10 @@ class OocSolver(Solver):
             parts.append(f"{self.params['memory_mb']:g} MiB")
         if self.params["device"] != "cpu":
             parts.append(self.params["device"])
+        if not self.params["direct_io"]:
+            parts.append("page cache")
+        if self.params["io"] != "auto":
+            parts.append(f"io={self.params['io']}")
         return ", ".join(parts)
 
     def flops(self, info: MatrixInfo) -> float:
@@ -186,7 +191,8 @@ class OocSolver(Solver):
             try:
                 return choose_num_blocks(
                     order, method, budget, limit, self.params["cache_panels"],
-                    self._io_threads(),
+                    # The budget assumes the larger pool of the two modes.
+                    self._io_threads() is not False,
                 )
             except ValueError as exc:
                 raise ParameterError(f"solver 'ooc': {exc}; raise memory_mb") from exc
@@ -204,11 +210,13 @@ class OocSolver(Solver):
             )
         return count
 
-    def _io_threads(self) -> bool:
-        """Return whether blocks move on background threads."""
+    def _io_threads(self) -> bool | None:
+        """Return whether blocks move on background threads, or ``None`` for
+        the engine's choice, which depends on whether the scratch folder takes
+        O_DIRECT."""
         mode = self.params["io"]
         if mode == "auto":
-            return self.params["device"] != "cpu" or self.params["direct_io"]
+            return None
         return mode == "threads"
 
     def solve(self, matrix: MatrixHandle, context: SolveContext) -> Estimate:
@@ -231,8 +239,11 @@ class OocSolver(Solver):
             f"{matrix.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{order}"
         )
         source = MatrixInput(matrix.dataset(), order, identity)
+        # Every setting in the checkpoint's identity is in the key, so runs that
+        # differ in one use different folders.
         key_text = json.dumps(
-            [identity, method, count, self.params["device"], self.params["cache_panels"]]
+            [identity, method, count, self.params["device"], self.params["cache_panels"],
+             self.params["fsync"], self.params["direct_io"]]
         )
         key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
         checkpoint_dir = self.params["checkpoint_dir"].strip()
