@@ -303,3 +303,18 @@ def test_reference_matrix_measures_against_other_matrix(tmp_path):
 def test_python_api_rejects_unknown_keyword(tmp_path):
     with pytest.raises(TypeError, match=r"unknown keyword arguments \['out'\]; valid: .*run_dir"):
         ldbench.run(write_suite(tmp_path), out=tmp_path / "run")
+
+
+def test_disk_full_message_names_failed_file_folder(tmp_path):
+    from ldbench._worker import _os_error_message
+
+    scratch = tmp_path / "scratch"
+    (scratch / "case").mkdir(parents=True)
+    (scratch / "case" / "part.bin").write_bytes(b"x" * 1024)
+    job = {"scratch_dir": str(scratch), "store": str(tmp_path / "store")}
+    elsewhere = OSError(28, "No space left on device", "/mnt/ckpt/ooc-1/state.json")
+    message = _os_error_message(elsewhere, job)
+    assert "The disk behind /mnt/ckpt/ooc-1 is full" in message
+    assert "removed 1 partial scratch files" in message
+    plain = _os_error_message(OSError(28, "No space left on device"), job)
+    assert f"The disk behind {scratch} is full" in plain

@@ -554,6 +554,7 @@ class ScratchFiles:
                 f"writing block {slot} to {self.path(step)} failed: {exc.strerror}. "
                 "Free space on that disk or choose another scratch folder "
                 "(checkpoint_dir, or the run folder that --out names)",
+                str(self.path(step)),
             ) from exc
         return self.grid.nbytes(*slot)
 
