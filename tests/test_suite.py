@@ -181,3 +181,12 @@ def test_none_for_required_param_is_rejected():
     declared = {"n": Param(None, int, "order", minimum=1, required=True)}
     with pytest.raises(ParameterError, match="'n' must be of type int, got None"):
         resolve_params("source 'x'", declared, {"n": None})
+
+
+SUITES = sorted((Path(__file__).resolve().parents[1] / "suites").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
+def test_shipped_suite_loads(path, registry):
+    suite = load_suite(path, registry)
+    assert suite.cases()
