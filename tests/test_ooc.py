@@ -454,6 +454,44 @@ def test_failure_without_keep_removes_workdir(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize("threads", [True, False])
+def test_failed_write_stops_the_run(tmp_path, monkeypatch, threads):
+    # A later step reads the block whose write failed; the run must raise the
+    # write's error instead of waiting for that block.
+    import threading
+
+    from ldbench_ooc._io import ScratchFiles
+
+    original = ScratchFiles.write
+
+    def failing_write(self, step, slot, buffer):
+        # Step 1 writes (2, 2) first and step 2 reads it first. The failure
+        # comes late enough that the compute loop has queued the rest of
+        # step 1 and waits for that block.
+        if (step, slot) == (2, (2, 2)):
+            time.sleep(0.3)
+            raise OSError(28, "No space left on device")
+        return original(self, step, slot, buffer)
+
+    monkeypatch.setattr(ScratchFiles, "write", failing_write)
+    array = random_matrices(200)["cholesky"]
+    outcome = {}
+
+    def run():
+        try:
+            factorize(MatrixInput(array, 200, "a"), "cholesky", 4, tmp_path / "w",
+                      io_threads=threads)
+        except OSError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the factorisation hung after a failed write"
+    assert outcome["error"].errno == 28
+    assert not (tmp_path / "w").exists()
+
+
 def test_kept_folder_without_checkpoint_is_removed(tmp_path):
     # The input fails at its third block, inside step 0, before any checkpoint.
     array = random_matrices(100)["lu"]

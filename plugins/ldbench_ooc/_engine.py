@@ -255,6 +255,7 @@ class _Pipeline(_PipelineBase):
         )
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="ooc-read")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ooc-write")
+        self._write_error: BaseException | None = None
         self._pending_writes: list[Future] = []
         self._futures = [self._reader.submit(self._read, key) for key in self.reads]
 
@@ -300,6 +301,14 @@ class _Pipeline(_PipelineBase):
             self.counters.add("write_seconds", time.perf_counter() - started)
             self.counters.add("scratch_written", nbytes)
             self._written[key].set()
+        except BaseException as exc:
+            # A read of this block would wait for it forever: stop the reader,
+            # and let the compute loop raise this error at its next block.
+            if self._write_error is None:
+                self._write_error = exc
+            self._abort.set()
+            self.pool.close()
+            raise
         finally:
             self.drop(held)
 
@@ -311,7 +320,12 @@ class _Pipeline(_PipelineBase):
         future = self._futures[index]
         self._futures[index] = None
         started = time.perf_counter()
-        held = future.result()
+        try:
+            held = future.result()
+        except PoolClosed:
+            if self._write_error is not None:
+                raise self._write_error from None
+            raise
         self.counters.add("io_wait_seconds", time.perf_counter() - started)
         return held
 
