@@ -366,11 +366,18 @@ class MatrixStore:
         os.replace(tmp, path)
         full = source.describe().order
         stored = self.lookup(source, full)
-        if stored is not None:
+        if stored is None:
+            return
+        try:
             with h5py.File(stored, "r+") as f:
                 f["matrix"].attrs["reference_logdet"] = float(logabsdet)
                 f["matrix"].attrs["reference_sign"] = float(sign)
                 f["matrix"].attrs["reference_method"] = method
+        except OSError as exc:
+            # HDF5 locks a file that another process has open, such as a second
+            # run on the same store. The JSON record above is what lookups read.
+            logger.info("reference of %s kept in %s only; %s is in use (%s)",
+                        source_key(source), path.name, stored, exc)
 
     def _reference_path(self, source: MatrixSource) -> Path:
         return self.root / f"{source_key(source)}.reference.json"

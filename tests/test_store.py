@@ -114,6 +114,28 @@ def test_reference_cache(tmp_path):
         assert f["matrix"].attrs["reference_logdet"] == -12.5
 
 
+def test_reference_cached_while_matrix_open_elsewhere(tmp_path):
+    import subprocess
+    import sys
+
+    store = MatrixStore(tmp_path)
+    path = store.ensure(kms()).path
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time, h5py; f = h5py.File(sys.argv[1], 'r'); "
+         "print('open', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        store.set_reference(kms(), -12.5, 1.0, "dense (LU)")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert store.reference(kms()) == {"logabsdet": -12.5, "sign": 1.0, "method": "dense (LU)"}
+
+
 def test_install_virtual_dataset(tmp_path):
     from ldbench import FormationRecord
 
