@@ -107,13 +107,14 @@ def _os_error_message(exc: OSError, job: dict[str, Any]) -> str:
         return message
     removed, size = _clear_scratch(job)
     where = job.get("scratch_dir") or job.get("store")
+    fix = "Free space or point the scratch folder to a larger disk"
     if exc.filename:
         # The failed file may live elsewhere, such as a solver's checkpoint folder.
         where = str(Path(exc.filename).parent)
+        fix = "Free space there or give that file's folder another disk"
     return (f"{message}. The disk behind {where} is full or a file exceeded the "
             f"file-size limit; removed {removed} partial scratch files "
-            f"({size / 2**20:.1f} MiB). Free space or point the scratch folder to "
-            "a larger disk")
+            f"({size / 2**20:.1f} MiB). {fix}")
 
 
 def _clear_scratch(job: dict[str, Any]) -> tuple[int, int]:

@@ -174,8 +174,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     references = {r["matrix_id"]: r["reference_error"] for r in records
                   if r.get("reference_error")}
     if references:
-        print(f"\nthe reference solver failed on {len(references)} matrices, so their "
-              "relative errors are blank:", file=sys.stderr)
+        count = f"{len(references)} matri{'x' if len(references) == 1 else 'ces'}"
+        print(f"\nthe reference solver failed on {count}, so their relative errors "
+              "are blank:", file=sys.stderr)
         for matrix_id, error in sorted(references.items()):
             print(f"  {matrix_id}: {str(error).splitlines()[0]}", file=sys.stderr)
     if (failed or references) and not args.allow_failures:

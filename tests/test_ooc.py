@@ -540,6 +540,30 @@ def test_factorize_rejects_option_types(tmp_path, name, value, message):
     assert not (tmp_path / "w").exists()
 
 
+def test_factorize_accepts_numpy_scalars(tmp_path):
+    array = random_matrices(60)["cholesky"]
+    result = factorize(MatrixInput(array, 60, "a"), "cholesky", np.int64(3),
+                       tmp_path / "w", direct_io=np.True_, fsync=np.False_)
+    _, expected = np.linalg.slogdet(array)
+    assert relative(result.logabsdet, expected) < RTOL
+    assert result.details["direct_io"] is True
+
+
+def test_factorize_rejects_unknown_device(tmp_path):
+    with pytest.raises(ValueError, match="device='gpu' is not one of cpu, cuda"):
+        factorize(MatrixInput(np.eye(4), 4, "a"), "lu", 2, tmp_path / "w",
+                  device="gpu")
+
+
+def test_workdir_with_user_files_is_refused(tmp_path):
+    workdir = tmp_path / "shared"
+    workdir.mkdir()
+    (workdir / "my-results.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="contains 'my-results.txt'"):
+        factorize(MatrixInput(np.eye(4), 4, "a"), "lu", 2, workdir)
+    assert (workdir / "my-results.txt").read_text() == "keep me"
+
+
 def test_unwritable_scratch_folder_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

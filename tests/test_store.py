@@ -122,8 +122,8 @@ def test_reference_cached_while_matrix_open_elsewhere(tmp_path):
     path = store.ensure(kms()).path
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time, h5py; f = h5py.File(sys.argv[1], 'r'); "
-         "print('open', flush=True); time.sleep(60)", str(path)],
+         ("import sys, time, h5py; f = h5py.File(sys.argv[1], 'r'); "
+          "print('open', flush=True); time.sleep(60)"), str(path)],
         stdout=subprocess.PIPE, text=True,
     )
     try:

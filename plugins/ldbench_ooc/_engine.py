@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import numbers
 import os
+import re
 import shutil
 import threading
 import time
@@ -34,6 +36,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ldbench import SolverError
 
@@ -53,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 # Step file index 0 is the input matrix, which step 0 reads.
 INPUT = 0
+
+#: Values of ``device``: see :func:`make_backend`.
+DEVICES = ("cpu", "cuda", "torch-cpu")
 
 
 class FactorizationError(ArithmeticError):
@@ -754,8 +761,16 @@ def factorize(
     )
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}")
+    if device not in DEVICES:
+        raise ValueError(
+            f"device={device!r} is not one of {', '.join(DEVICES)}; 'cuda' uses "
+            "torch's current CUDA device"
+        )
+    num_blocks = int(num_blocks)
+    fsync, cache_panels, direct_io = bool(fsync), bool(cache_panels), bool(direct_io)
     grid = BlockGrid.split(source.order, num_blocks)
     workdir = Path(workdir)
+    _check_workdir(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         lock = _lock_folder(workdir)
@@ -786,6 +801,9 @@ def factorize(
         # Direct I/O aligns every block in the step files.
         "direct_io": scratch.direct,
     }
+    threads = device != "cpu" or scratch.direct
+    if io_threads is not None:
+        threads = bool(io_threads)
     succeeded = False
     matrix_error = False
     try:
@@ -793,7 +811,7 @@ def factorize(
         result = _factor_steps(
             source, method, grid, scratch, device, start, parts, identity, fsync,
             on_step, progress, cache_panels,
-            device != "cpu" or scratch.direct if io_threads is None else io_threads,
+            threads,
         )
         succeeded = True
         return result
@@ -812,10 +830,32 @@ def factorize(
         os.close(lock)
 
 
+#: Files the engine creates in its folder; anything else there is the user's.
+_ENGINE_FILE = re.compile(
+    r"(lock|state\.json(\.partial)?|trailing-\d+\.bin|direct-io-probe)"
+)
+
+
+def _check_workdir(workdir: Path) -> None:
+    """Raise ValueError when ``workdir`` contains files the engine did not make,
+    because the engine removes the whole folder when it finishes."""
+    if not workdir.is_dir():
+        return
+    foreign = sorted(p.name for p in workdir.iterdir() if not _ENGINE_FILE.fullmatch(p.name))
+    if foreign:
+        raise ValueError(
+            f"workdir {workdir} contains {foreign[0]!r}, which the engine did not "
+            "create, and the engine removes the whole folder when it finishes; give "
+            "a new or empty folder"
+        )
+
+
 def _check_options(num_blocks: Any, **flags: Any) -> None:
-    """Raise TypeError unless ``num_blocks`` is an int and every flag a bool
-    (``io_threads`` may also be ``None``)."""
-    if not isinstance(num_blocks, int) or isinstance(num_blocks, bool):
+    """Raise TypeError unless ``num_blocks`` is an integer and every flag a
+    bool (``io_threads`` may also be ``None``)."""
+    if not isinstance(num_blocks, numbers.Integral) or isinstance(
+        num_blocks, (bool, np.bool_)
+    ):
         raise TypeError(
             f"num_blocks={num_blocks!r} is not an int; give the number of block "
             "rows, such as num_blocks=8"
@@ -823,7 +863,7 @@ def _check_options(num_blocks: Any, **flags: Any) -> None:
     for name, value in flags.items():
         if value is None and name == "io_threads":
             continue
-        if not isinstance(value, bool):
+        if not isinstance(value, (bool, np.bool_)):
             raise TypeError(
                 f"{name}={value!r} is not a bool; pass True or False"
                 + (" (or None to choose)" if name == "io_threads" else "")

@@ -41,9 +41,9 @@ class OocSolver(Solver):
 
     The matrix is split into n_b x n_b blocks. Each step factors one diagonal
     block (pivoting only inside it) and updates the trailing blocks, which are
-    kept in scratch files on disk. One thread reads the next blocks and another
-    writes the updated ones while BLAS works, so a large matrix runs at close
-    to the speed of the BLAS. After every step a checkpoint is recorded, and a
+    kept in scratch files on disk. Blocks move by O_DIRECT on a reader and a
+    writer thread while BLAS works (or, through the page cache, between BLAS
+    calls), so a large matrix runs at close to the speed of the BLAS. After every step a checkpoint is recorded, and a
     run killed part-way resumes from the last finished step.
 
     ``logabsdet`` is the natural log of ``|det A|``. FLOPs, with a multiply-add
@@ -94,8 +94,9 @@ class OocSolver(Solver):
             "",
             str,
             help="Folder for the step files and checkpoints, kept when a run "
-            "fails so the next run of the same case resumes; '' keeps them in the "
-            "case's scratch folder, which the runner removes after the case.",
+            "fails after its first checkpoint (and not because of the matrix) so "
+            "the next run of the same case resumes; '' keeps them in the case's "
+            "scratch folder, which the runner removes after the case.",
         ),
         "fsync": Param(
             True,
