@@ -35,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -185,7 +185,11 @@ def step_flops(grid: BlockGrid, method: str, k: int) -> float:
 
 
 class _PipelineBase:
-    """Base of both pipelines: the schedule of one run and its order checks."""
+    """Base of both pipelines: the schedule of one run, its order checks and
+    the buffer pool. Subclasses start their threads in :meth:`_start`."""
+
+    #: Whether blocks move on background threads, which sets the pool's size.
+    io_threads: ClassVar[bool]
 
     def __init__(
         self,
@@ -209,6 +213,13 @@ class _PipelineBase:
         self._commit = commit
         self._cursor = 0
         self.writeback = False
+        count = pool_blocks(method, grid.num_blocks, cache_panels, self.io_threads)
+        self.pool = BufferPool(count, grid.max_size**2, backend.allocate_host)
+        self._start()
+
+    def _start(self) -> None:
+        """Set up the pipeline's threads once the pool exists."""
+        raise NotImplementedError
 
     def _next_read(self, file: int, slot: Slot) -> int:
         """Return the schedule index of this read, checking the compute loop's order."""
@@ -238,28 +249,12 @@ class _PipelineBase:
 class _Pipeline(_PipelineBase):
     """Reader and writer threads around the compute loop of one run."""
 
-    def __init__(
-        self,
-        grid: BlockGrid,
-        method: str,
-        source: MatrixInput | None,
-        scratch: ScratchFiles,
-        backend: Any,
-        start: int,
-        commit: Callable[[int], None],
-        cache_panels: bool = False,
-    ) -> None:
-        super().__init__(
-            grid, method, source, scratch, backend, start, commit, cache_panels
-        )
+    io_threads = True
+
+    def _start(self) -> None:
         # A read of a block that this run writes waits until it is written.
         self._written = {key: threading.Event() for key in self.writes}
         self._abort = threading.Event()
-        self.pool = BufferPool(
-            pool_blocks(method, grid.num_blocks, cache_panels),
-            grid.max_size**2,
-            backend.allocate_host,
-        )
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="ooc-read")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ooc-write")
         self._write_error: BaseException | None = None
@@ -403,24 +398,11 @@ class _InlinePipeline(_PipelineBase):
     without it, a checkpoint is an atomic rename in the compute thread.
     """
 
-    def __init__(
-        self,
-        grid: BlockGrid,
-        method: str,
-        source: MatrixInput | None,
-        scratch: ScratchFiles,
-        backend: Any,
-        start: int,
-        commit: Callable[[int], None],
-        cache_panels: bool = False,
-    ) -> None:
-        super().__init__(
-            grid, method, source, scratch, backend, start, commit, cache_panels
-        )
-        # No read runs ahead, and one write runs behind while the next block
-        # is read: the pool holds the compute loop's blocks and one more.
-        count = pool_blocks(method, grid.num_blocks, cache_panels, io_threads=False)
-        self.pool = BufferPool(count, grid.max_size**2, backend.allocate_host)
+    # No read runs ahead, and one write runs behind while the next block is
+    # read, so the pool has one buffer more than the compute loop's blocks.
+    io_threads = False
+
+    def _start(self) -> None:
         self._pending_write: tuple[Future, _CountedBlock] | None = None
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="ooc-read")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="ooc-commit")
@@ -820,8 +802,8 @@ def factorize(
         raise
     finally:
         scratch.close()
-        # A folder without a checkpoint cannot be resumed; keeping it would only
-        # hold its disk space, which may be what the run ran out of.
+        # A folder without a checkpoint cannot be resumed. Keeping it would only
+        # occupy disk space, which may be what the run ran out of.
         resumable = (workdir / STATE_NAME).exists()
         if succeeded or matrix_error or not keep_on_failure or not resumable:
             shutil.rmtree(workdir, ignore_errors=True)
