@@ -93,7 +93,7 @@ class Param:
     def check(self, owner: str, name: str, value: Any) -> Any:
         """Return ``value`` converted to ``kind``, or raise ParameterError.
 
-        ``None`` for an optional parameter stands for its default.
+        ``None`` for an optional parameter means its default.
         """
         if value is None and not self.required:
             return self.default

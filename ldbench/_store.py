@@ -376,7 +376,7 @@ class MatrixStore:
         except OSError as exc:
             # HDF5 locks a file that another process has open, such as a second
             # run on the same store. The JSON record above is what lookups read.
-            logger.info("reference of %s kept in %s only; %s is in use (%s)",
+            logger.info("reference of %s kept in %s only, because %s is in use (%s)",
                         source_key(source), path.name, stored, exc)
 
     def _reference_path(self, source: MatrixSource) -> Path:

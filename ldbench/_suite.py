@@ -269,7 +269,7 @@ def apply_override(
         reference = raw.get("suite", {}).get("reference")
         if reference is None:
             raise SuiteError(
-                f"override {item!r}: {path} has no [suite] reference; set one with "
+                f"override {item!r}: {path} has no [suite] reference. Set one with "
                 "--set suite.reference=NAME first"
             )
         if isinstance(reference, str):

@@ -34,7 +34,7 @@ def aligned_buffer(allocate: Callable[[int], np.ndarray], elements: int) -> np.n
     """Return a flat float64 buffer of at least ``elements`` entries whose
     address and length are multiples of :data:`ALIGN`, as direct I/O needs.
 
-    ``allocate`` returns a flat float64 array of a given length; the buffer is
+    ``allocate`` returns a flat float64 array of a given length. The buffer is
     a view into a slightly longer one.
     """
     per = ALIGN // ITEMSIZE
@@ -533,7 +533,7 @@ class ScratchFiles:
 
     def prefetch(self, step: int, slot: Slot) -> None:
         """Ask the kernel to start reading ``slot`` of step file ``step`` into
-        its page cache; direct I/O has no cache to fill."""
+        its page cache. Direct I/O has no cache to fill, so it does nothing."""
         if not self.direct:
             _will_need(
                 self._fd(step), self._offsets[step][slot], self.grid.nbytes(*slot)
