@@ -254,3 +254,33 @@ def test_lost_worker_pairs_recomputed_once(tmp_path, cluster):
     assert np.abs(formed - expected).max() <= 1e-12 * np.abs(expected).max()
     assert json.loads(attrs["formation_phases"])["gram"]["flops"] > 0
     assert attrs["formation_pairs_computed"] + attrs["formation_pairs_reused"] == 36
+
+
+@dataclass
+class FailingPair:
+    """Pair task that raises for one pair and forms the others."""
+
+    bad: tuple[int, int]
+
+    def __call__(self, job, i, j):
+        if (i, j) == self.bad:
+            raise ValueError(f"pair {i},{j} refused")
+        return form_pair(job, i, j)
+
+
+def test_failing_pair_names_pair_and_error(tmp_path, cluster):
+    source = Registry().source_class("ntk")(**NTK, block_samples=10)
+    store = MatrixStore(tmp_path / "store")
+    target, parts = store.staging_paths(source, 400)
+    client = distributed.Client(cluster)
+    try:
+        with pytest.raises(RuntimeError) as caught:
+            form_distributed(source, 400, client, target, parts, threads=1,
+                             pair_function=FailingPair((1, 2)))
+    finally:
+        client.close()
+    message = str(caught.value)
+    assert "ntk-pair-1-2-" in message
+    assert "ValueError('pair 1,2 refused')" in message
+    assert f"kept in {parts}" in message
+    assert not Path(target).exists()

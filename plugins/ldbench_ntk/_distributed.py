@@ -399,13 +399,18 @@ def form_distributed(
                     disable=None)
     with progress:
         for future in as_completed(futures):
-            if future.status != "finished":
+            # A future can come back here and then lose its result with a
+            # worker that dies; the scheduler runs it again, and result()
+            # waits for that run. Only an error or a cancellation fails.
+            try:
+                result = future.result()
+            except Exception as error:
                 client.cancel(futures)
                 raise RuntimeError(
-                    f"NTK pair task {future.key} failed: {future.exception()!r}; "
-                    f"finished pairs are kept in {parts_dir} and a rerun resumes them"
-                )
-            results.append(future.result())
+                    f"NTK pair task {future.key} failed: {error!r}; finished "
+                    f"pairs are kept in {parts_dir} and a rerun resumes them"
+                ) from error
+            results.append(result)
             future.release()
             progress.update(1)
     elapsed = time.perf_counter() - tic
