@@ -97,7 +97,7 @@ def design_points(
     Notes
     -----
     ``maximin`` costs ``O(candidates * n**2 * dim)`` operations. ``maxvar``
-    keeps the ``candidates * n`` by n Cholesky factor of the candidates, so
+    keeps the n by ``candidates * n`` Cholesky factor of the candidates, so
     it needs ``8 * candidates * n**2`` bytes and about
     ``candidates * n**3`` flops.
     """
@@ -160,7 +160,9 @@ def _maxvar_order(
     Cholesky factor of the candidates' kernel matrix in the chosen order.
     """
     size = pool.shape[0]
-    factor = np.zeros((size, n))
+    # Row k holds column k of the factor, so step k reads the first k rows as
+    # one contiguous block.
+    factor = np.zeros((n, size))
     variance = np.ones(size)
     nearest = np.full(size, np.inf)
     order = np.empty(n, dtype=np.int64)
@@ -172,9 +174,9 @@ def _maxvar_order(
         nearest = np.minimum(nearest, squared)
         if not by_distance:
             column = correlation(np.sqrt(squared))
-            column -= factor[:, :k] @ factor[index, :k]
+            column -= factor[:k, index] @ factor[:k]
             column /= np.sqrt(variance[index])
-            factor[:, k] = column
+            factor[k] = column
             variance -= column**2
         variance[index] = -np.inf
         if not by_distance and variance.max() <= MAXVAR_FLOOR:
