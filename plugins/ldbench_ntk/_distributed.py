@@ -399,9 +399,9 @@ def form_distributed(
                     disable=None)
     with progress:
         for future in as_completed(futures):
-            # A future can come back here and then lose its result with a
-            # worker that dies; the scheduler runs it again, and result()
-            # waits for that run. Only an error or a cancellation fails.
+            # A worker that dies can take a finished result with it. The
+            # scheduler then runs the task again, and result() waits for it.
+            # Only an error or a cancellation fails the formation.
             try:
                 result = future.result()
             except Exception as error:
