@@ -129,7 +129,8 @@ class FlodanceSolver(Solver):
             0.0,
             float,
             "Weight (k/n_s)**weight_power of increment k in the fit; positive "
-            "values favour the end of the window.",
+            "values favour the end of the window, and -1 gives each doubling "
+            "of k the same total weight.",
         ),
         "level": Param(
             0.95,
