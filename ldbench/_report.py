@@ -149,8 +149,9 @@ def render(records: list[dict[str, Any]], fmt: str = "github",
 
     With ``pricing`` (a suite's ``[pricing]`` table) the price table and its
     source follow the table: as a paragraph in github and plain, as a note
-    under the tabular in LaTeX. The LaTeX output uses booktabs rules, so the
-    document needs ``\\usepackage{booktabs}``.
+    under the tabular in LaTeX. The LaTeX output uses booktabs rules and
+    scales a table wider than the line down to its width, so the document
+    needs ``\\usepackage{booktabs}`` and ``\\usepackage{graphicx}``.
     """
     from tabulate import tabulate
 
@@ -165,8 +166,12 @@ def render(records: list[dict[str, Any]], fmt: str = "github",
     # tabulate's latex formats escape the cells. "±" needs a Unicode-aware
     # input encoding, so it becomes the math symbol.
     table = table.replace("±", r"$\pm$")
-    lines = [r"% needs \usepackage{booktabs}", r"\begin{table}[ht]", r"\centering",
-             r"\small", table]
+    # A table wider than the text (long settings, many columns) is scaled
+    # down to the line width; a narrower one keeps its size.
+    lines = [r"% needs \usepackage{booktabs} and \usepackage{graphicx}",
+             r"\begin{table}[ht]", r"\centering", r"\small",
+             r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
+             table + "%", "}"]
     if footnote:
         lines.append(r"\par\smallskip{\footnotesize " + _latex_escape(footnote) + "}")
     lines.append(r"\end{table}")

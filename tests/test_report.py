@@ -104,7 +104,8 @@ def test_latex_table_escapes_and_uses_booktabs():
 def test_latex_table_compiles(tmp_path):
     body = render(RECORDS, "latex", PRICING)
     document = ("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n"
-                "\\usepackage{booktabs}\n\\begin{document}\n" + body
+                "\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+                "\\begin{document}\n" + body
                 + "\n\\end{document}\n")
     (tmp_path / "table.tex").write_text(document, encoding="utf-8")
     result = subprocess.run(
@@ -113,6 +114,8 @@ def test_latex_table_compiles(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:]
     assert (tmp_path / "table.pdf").stat().st_size > 1000
+    log = (tmp_path / "table.log").read_text(encoding="utf-8", errors="replace")
+    assert "Overfull \\hbox" not in log
 
 
 def test_unknown_format_rejected():
