@@ -23,6 +23,7 @@ from ._api import (
     factorization_flops,
 )
 from ._hooks import hookimpl, hookspec
+from ._linalg import cholesky_diagonal
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,7 @@ __all__ = [
     "Structure",
     "__version__",
     "check_leading_order",
+    "cholesky_diagonal",
     "factorization_flops",
     "hookimpl",
     "hookspec",

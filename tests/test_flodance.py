@@ -549,3 +549,19 @@ def test_solver_select_q_stays_below_q(handle_factory, tmp_path):
     estimate = solve(FlodanceSolver(n_s=60, q=1, select_q=True), handle, tmp_path)
     assert estimate.details["q_used"] <= 1
     assert set(estimate.details["q_scores"]) == {"0", "1"}
+
+
+def test_blocked_cholesky_leading_curve(monkeypatch):
+    from ldbench_flodance._curve import leading_logdets
+    from matrices import kms_matrix
+
+    from ldbench import _linalg
+
+    rho = 0.6
+    monkeypatch.setattr(_linalg, "LAPACK_CHOLESKY_MAX_ORDER", 50)
+    monkeypatch.setattr(_linalg, "CHOLESKY_BLOCK", 32)
+    curve = leading_logdets(kms_matrix(120, rho), 3, "cholesky")
+    # The leading k samples of a KMS matrix form a KMS matrix of order 3k.
+    expected = (3 * np.arange(1, 41) - 1) * math.log(1 - rho**2)
+    assert np.allclose(curve.logdets, expected, rtol=1e-13, atol=0.0)
+    assert np.all(curve.signs == 1.0)

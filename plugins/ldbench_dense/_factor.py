@@ -15,114 +15,39 @@ from typing import Any
 
 import numpy as np
 
-from ldbench import SolverError
+from ldbench import SolverError, cholesky_diagonal
 
 logger = logging.getLogger(__name__)
 
 FactorResult = tuple[float, float, dict[str, Any]]
 
 
-#: Largest order factored by one LAPACK ``dpotrf`` call. The threaded
-#: ``dpotrf`` of OpenBLAS 0.3.30 with 32-bit integers, as bundled with SciPy
-#: 1.17, crashed with SIGSEGV within a second at orders 22,900, 23,050,
-#: 23,100, 23,200, 24,000 and 30,000, and factored order 22,600 (2-core Intel
-#: Xeon). One thread factored order 24,000. Larger matrices are factored by
-#: :func:`blocked_cholesky_logdet`, which keeps every ``dpotrf`` call at or
-#: below :data:`CHOLESKY_BLOCK`.
-LAPACK_CHOLESKY_MAX_ORDER = 16384
-
-#: Block order of :func:`blocked_cholesky_logdet`.
-CHOLESKY_BLOCK = 4096
-
-
-def cholesky_logdet(a: np.ndarray) -> FactorResult:
+def cholesky_logdet(a: np.ndarray, block: int | None = None) -> FactorResult:
     """Return the log-determinant of a symmetric positive-definite matrix.
 
-    Only the lower triangle of ``a`` is read (LAPACK ``dpotrf``). Orders above
-    :data:`LAPACK_CHOLESKY_MAX_ORDER` go through
-    :func:`blocked_cholesky_logdet`.
+    Only the lower triangle of ``a`` is read. :func:`ldbench.cholesky_diagonal`
+    factors it with LAPACK ``dpotrf``, in blocks of ``block`` when given and
+    for orders above ``LAPACK_CHOLESKY_MAX_ORDER``.
 
     Raises
     ------
     SolverError
         When a pivot is not positive, with the 0-based index of that pivot.
     """
-    if a.shape[0] > LAPACK_CHOLESKY_MAX_ORDER:
-        return blocked_cholesky_logdet(a)
-    from scipy.linalg import lapack
-
-    factor, info = lapack.dpotrf(a, lower=1, clean=0, overwrite_a=1)
-    _check_arguments("dpotrf", info)
+    diagonal, info, used = cholesky_diagonal(a, block)
     if info > 0:
-        raise _not_positive_definite(info - 1)
-    logabsdet = 2.0 * float(np.sum(np.log(np.diagonal(factor))))
-    return logabsdet, 1.0, {"lapack": "dpotrf"}
-
-
-def blocked_cholesky_logdet(a: np.ndarray, block: int = CHOLESKY_BLOCK) -> FactorResult:
-    """Return the log-determinant of ``a`` from a right-looking blocked Cholesky.
-
-    Each step factors one diagonal block with LAPACK ``dpotrf``, solves the
-    panel below it with BLAS ``dtrsm``, and subtracts the panel's outer
-    product from the lower triangle of the trailing matrix in column strips
-    of ``block`` columns (NumPy ``matmul``). The work is the m**3 / 3 flops
-    of ``dpotrf``, and the extra memory is one panel and one strip,
-    ``16 * m * block`` bytes at most.
-
-    Parameters
-    ----------
-    a
-        Float64 matrix in Fortran order; only its lower triangle is read, and
-        it is overwritten.
-    block
-        Block order (count), at least 1.
-
-    Raises
-    ------
-    SolverError
-        When a pivot is not positive, with the 0-based index of that pivot.
-    """
-    from scipy.linalg import blas, lapack
-
-    if block < 1:
-        raise ValueError(f"block = {block} must be at least 1")
-    order = a.shape[0]
-    logabsdet = 0.0
-    # One product buffer for all strips: a fresh temporary per strip pays the
-    # first touch of its pages every time.
-    product = np.empty((max(order - block, 0), min(block, order)), order="F")
-    for start in range(0, order, block):
-        stop = min(start + block, order)
-        factor, info = lapack.dpotrf(a[start:stop, start:stop], lower=1, clean=1)
-        _check_arguments("dpotrf", info)
-        if info > 0:
-            raise _not_positive_definite(start + info - 1)
-        logabsdet += 2.0 * float(np.sum(np.log(np.diagonal(factor))))
-        if stop == order:
-            break
-        # L21 = A21 L11^-T, then A22 -= L21 L21^T on the lower triangle.
-        panel = blas.dtrsm(
-            1.0, factor, np.asfortranarray(a[stop:, start:stop]), side=1, lower=1,
-            trans_a=1, overwrite_b=1,
+        raise SolverError(
+            f"Cholesky factorisation failed at pivot index {info - 1} (0-based): "
+            f"the leading {info}x{info} block is not positive definite, so the "
+            "matrix is indefinite or singular. Use method 'ldl' or 'lu', which "
+            "accept indefinite matrices and return -inf for an exactly singular "
+            "one, or add a positive shift to the diagonal."
         )
-        for left in range(0, order - stop, block):
-            right = min(left + block, order - stop)
-            strip = a[stop + left :, stop + left : stop + right]
-            out = product[: strip.shape[0], : strip.shape[1]]
-            np.matmul(panel[left:], panel[left:right].T, out=out)
-            strip -= out
-    return logabsdet, 1.0, {"lapack": "dpotrf", "blocked": block}
-
-
-def _not_positive_definite(pivot: int) -> SolverError:
-    """Return the error for a Cholesky pivot that is not positive."""
-    return SolverError(
-        f"Cholesky factorisation failed at pivot index {pivot} (0-based): the "
-        f"leading {pivot + 1}x{pivot + 1} block is not positive definite, so the "
-        "matrix is indefinite or singular. Use method 'ldl' or 'lu', which accept "
-        "indefinite matrices and return -inf for an exactly singular one, or "
-        "add a positive shift to the diagonal."
-    )
+    logabsdet = 2.0 * float(np.sum(np.log(diagonal)))
+    details: dict[str, Any] = {"lapack": "dpotrf"}
+    if used is not None:
+        details["blocked"] = used
+    return logabsdet, 1.0, details
 
 
 def ldl_logdet(a: np.ndarray) -> FactorResult:

@@ -46,17 +46,16 @@ class DenseSolver(Solver):
 
     The whole matrix is read into memory (8 m^2 bytes) and factored in place
     by scipy's LAPACK wrappers. Cholesky of order above 16,384 is blocked
-    around LAPACK (see :func:`~ldbench_dense._factor.blocked_cholesky_logdet`),
-    because the threaded ``dpotrf`` of the OpenBLAS that SciPy 1.17 bundles
+    around LAPACK (see :func:`ldbench.cholesky_diagonal`), because the threaded ``dpotrf`` of the OpenBLAS that SciPy 1.17 bundles
     crashed at every order tried from 22,900 to 30,000. At order 30,000 the
     blocked factorisation ran at 72.9 GFLOP/s, against 80 to 88 GFLOP/s for
     one ``dpotrf`` call at orders 16,000 to 22,600 (2-core Intel Xeon,
     24 GiB).
 
     ``logabsdet`` is the natural log of ``|det A|``, summed from the logs of
-    the pivots. An exactly singular matrix
-    (a zero pivot in LU or LDL) gives ``-inf`` with sign 0, while Cholesky
-    raises :class:`ldbench.SolverError` on any pivot that is not positive.
+    the pivots. An exactly singular matrix (a zero pivot in LU or LDL) gives
+    ``-inf`` with sign 0, while Cholesky raises :class:`ldbench.SolverError`
+    on any pivot that is not positive.
 
     FLOPs, with a multiply-add counted as two: m^3/3 for Cholesky and LDL,
     2 m^3/3 for LU.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from ldbench import SolverError
+from ldbench import SolverError, cholesky_diagonal
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +82,17 @@ def _cholesky_pivots(
     block: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``log(L_ii**2)``, unit signs and all-True flags for factor L."""
-    try:
-        factor = scipy.linalg.cholesky(
-            block, lower=True, overwrite_a=True, check_finite=False
-        )
-    except np.linalg.LinAlgError as error:
+    # The block is symmetric, so its transpose, a Fortran-ordered view of a
+    # C-ordered block, is factored in place.
+    target = block.T if block.flags.c_contiguous else block
+    diagonal, info, _ = cholesky_diagonal(target)
+    if info > 0:
         raise SolverError(
             f"Cholesky factorisation of the leading block of order "
-            f"{block.shape[0]} failed ({error}); the matrix is not positive "
-            "definite, so use method='ldl' for a symmetric indefinite matrix"
-        ) from error
-    diagonal = np.diagonal(factor)
+            f"{block.shape[0]} failed at pivot index {info - 1} (0-based), so "
+            "the matrix is not positive definite. Use method='ldl' for a "
+            "symmetric indefinite matrix"
+        )
     size = diagonal.size
     return 2.0 * np.log(diagonal), np.ones(size), np.ones(size, dtype=bool)
 
