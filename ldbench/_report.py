@@ -167,7 +167,7 @@ def render(records: list[dict[str, Any]], fmt: str = "github",
     # input encoding, so it becomes the math symbol.
     table = table.replace("±", r"$\pm$")
     # A table wider than the text (long settings, many columns) is scaled
-    # down to the line width; a narrower one keeps its size.
+    # down to the line width. A narrower table keeps its size.
     lines = [r"% needs \usepackage{booktabs} and \usepackage{graphicx}",
              r"\begin{table}[ht]", r"\centering", r"\small",
              r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",

@@ -407,8 +407,8 @@ def form_distributed(
             except Exception as error:
                 client.cancel(futures)
                 raise RuntimeError(
-                    f"NTK pair task {future.key} failed: {error!r}; finished "
-                    f"pairs are kept in {parts_dir} and a rerun resumes them"
+                    f"NTK pair task {future.key} failed: {error!r}. Finished "
+                    f"pairs are kept in {parts_dir}, and a rerun resumes them"
                 ) from error
             results.append(result)
             future.release()
