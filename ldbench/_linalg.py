@@ -48,6 +48,14 @@ def cholesky_diagonal(
     """
     from scipy.linalg import lapack
 
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(
+            f"invalid matrix of shape {a.shape}: Cholesky needs a square 2-D array"
+        )
+    if block is not None and (
+        isinstance(block, bool) or not isinstance(block, (int, np.integer))
+    ):
+        raise TypeError(f"invalid block = {block!r}: it must be an int or None")
     order = a.shape[0]
     if block is None and order > LAPACK_CHOLESKY_MAX_ORDER:
         block = CHOLESKY_BLOCK

@@ -448,7 +448,10 @@ def _check_pairs(
         for matrix in matrices:
             if matrix_ids is not None and matrix.id not in matrix_ids:
                 continue
-            info = instantiate_source(registry, matrix).describe()
+            try:
+                info = instantiate_source(registry, matrix).describe()
+            except FileNotFoundError as exc:
+                raise SuiteError(f"{path}: [[matrix]] {matrix.id!r}: {exc}") from exc
             try:
                 instance.leading_order(info)
             except (ParameterError, ValueError) as exc:

@@ -205,3 +205,13 @@ def test_large_cholesky_goes_blocked(handle_factory, monkeypatch):
     assert estimate.details["blocked"] == _linalg.CHOLESKY_BLOCK
     small = solve(handle_factory, 2.5 * np.eye(100), "cholesky")
     assert "blocked" not in small.details
+
+
+def test_cholesky_rejects_bad_shape_and_block():
+    with pytest.raises(ValueError, match=r"shape \(6, 4\)"):
+        cholesky_logdet(np.ones((6, 4), order="F"), 2)
+    for block in (True, 2.5, "4"):
+        with pytest.raises(TypeError, match="must be an int or None"):
+            cholesky_logdet(np.asfortranarray(np.eye(4)), block)
+    with pytest.raises(ValueError, match="block = 0"):
+        cholesky_logdet(np.asfortranarray(np.eye(4)), 0)

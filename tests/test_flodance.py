@@ -565,3 +565,9 @@ def test_blocked_cholesky_leading_curve(monkeypatch):
     expected = (3 * np.arange(1, 41) - 1) * math.log(1 - rho**2)
     assert np.allclose(curve.logdets, expected, rtol=1e-13, atol=0.0)
     assert np.all(curve.signs == 1.0)
+
+
+@pytest.mark.parametrize("power", [math.nan, math.inf, -math.inf, -1000.0, 10.5])
+def test_weight_power_out_of_range(power):
+    with pytest.raises(ParameterError, match=f"weight_power={power} is invalid"):
+        FlodanceSolver(fraction=0.1, weight_power=power)

@@ -190,3 +190,21 @@ SUITES = sorted((Path(__file__).resolve().parents[1] / "suites").glob("*.toml"))
 def test_shipped_suite_loads(path, registry):
     suite = load_suite(path, registry)
     assert suite.cases()
+
+
+def test_missing_matrix_file_is_suite_error(tmp_path, registry):
+    missing = tmp_path / "absent" / "x.npy"
+    text = f"""
+[suite]
+name = "missing-file"
+
+[[matrix]]
+id = "m"
+source = "file"
+path = "{missing}"
+
+[[solver]]
+name = "dense"
+"""
+    with pytest.raises(SuiteError, match=r"\[\[matrix\]\] 'm': .*not found"):
+        load_suite(write(tmp_path, text), registry)

@@ -39,6 +39,9 @@ DEFAULT_N0_FRACTION = 0.2
 #: 10**9 flop/s: a conservative figure for a few cores of a current CPU.
 DEFAULT_GFLOPS = 10.0
 
+#: Largest |weight_power| accepted.
+MAX_WEIGHT_POWER = 10.0
+
 #: Maximum number of points of the l_k curve stored in the details.
 CURVE_POINTS = 200
 
@@ -130,7 +133,7 @@ class FlodanceSolver(Solver):
             float,
             "Weight (k/n_s)**weight_power of increment k in the fit; positive "
             "values favour the end of the window, and -1 gives each doubling "
-            "of k the same total weight.",
+            "of k the same total weight; at most 10 in absolute value.",
         ),
         "level": Param(
             0.95,
@@ -188,6 +191,15 @@ class FlodanceSolver(Solver):
         if fraction is not None and not 0.0 < fraction <= 1.0:
             raise ParameterError(
                 f"solver 'flodance': fraction={fraction} is outside (0, 1]"
+            )
+        power = self.params["weight_power"]
+        # The weights span n_s**|weight_power|, 1e50 at 10 and n_s = 100,000.
+        # At -1000 the fit's SVD did not converge, and inf overflows them.
+        if not -MAX_WEIGHT_POWER <= power <= MAX_WEIGHT_POWER:
+            raise ParameterError(
+                f"solver 'flodance': weight_power={power} is invalid. Use a finite "
+                f"value in [-{MAX_WEIGHT_POWER:g}, {MAX_WEIGHT_POWER:g}], such as 2 "
+                "for NTKs or -1 for Matérn kernels"
             )
         n0 = self.params["n0"]
         if n_s is not None and n0 is not None:
