@@ -133,7 +133,7 @@ class FlodanceSolver(Solver):
             float,
             "Weight (k/n_s)**weight_power of increment k in the fit; positive "
             "values favour the end of the window, and -1 gives each doubling "
-            "of k the same total weight; at most 10 in absolute value.",
+            "of k the same total weight. At most 10 in absolute value.",
         ),
         "level": Param(
             0.95,
